@@ -1,0 +1,133 @@
+"""Config keys of the original Mask2Former and DiNAT projects, with their defaults.
+
+Key names and defaults are part of the contract: released configs and users' YAML files rely on them.
+Keys this project adds (``SOLVER.AMP.PRECISION``, ``MODEL.DINAT.LAYER_SCALE``, ...) are additions only.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_maskformer2_config(cfg: CN) -> None:
+    """Add the keys of Mask2Former (and of DeepLab, whose config Mask2Former's trainer also adds)."""
+    # data
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Random crops are retried until no single category covers more than this part of the crop.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Pad image and segmentation GT in the dataset mapper (-1: no padding there).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # large-scale jitter (LSJ)
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # solver
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # Addition: autocast dtype used when SOLVER.AMP.ENABLED ("bfloat16" needs no GradScaler).
+    cfg.SOLVER.AMP.PRECISION = "bfloat16"
+
+    # mask former: loss
+    cfg.MODEL.MASK_FORMER = CN()
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
+    # mask former: transformer
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # mask former: inference
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    # Overrides the backbone's size_divisibility when the backbone reports 0.
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+    # mask former: point-sampled losses
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # pixel decoder
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # DeepLab keys (Mask2Former's trainer adds them; released configs may carry them)
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE = "hard_pixel_mining"
+    cfg.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES = ["res2"]
+    cfg.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS = [48]
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 256
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [6, 12, 18]
+    cfg.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.1
+    cfg.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = False
+    cfg.MODEL.RESNETS.RES4_DILATION = 1
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
+    cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"
+
+    # Swin backbone keys of Mask2Former (kept so its configs merge)
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.QKV_BIAS = True
+    cfg.MODEL.SWIN.QK_SCALE = None
+    cfg.MODEL.SWIN.DROP_RATE = 0.0
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.APE = False
+    cfg.MODEL.SWIN.PATCH_NORM = True
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+
+def add_dinat_config(cfg: CN) -> None:
+    """Add the ``MODEL.DINAT`` keys of the original DiNAT Mask2Former project (DiNAT-L defaults)."""
+    cfg.MODEL.DINAT = CN()
+    cfg.MODEL.DINAT.EMBED_DIM = 192
+    cfg.MODEL.DINAT.DEPTHS = [3, 4, 18, 5]
+    cfg.MODEL.DINAT.NUM_HEADS = [6, 12, 24, 48]
+    cfg.MODEL.DINAT.KERNEL_SIZE = 7
+    # One list per level, one dilation per block; None means 1 everywhere.
+    cfg.MODEL.DINAT.DILATIONS = None
+    cfg.MODEL.DINAT.MLP_RATIO = 2.0
+    cfg.MODEL.DINAT.QKV_BIAS = True
+    cfg.MODEL.DINAT.QK_SCALE = None
+    cfg.MODEL.DINAT.DROP_RATE = 0.0
+    cfg.MODEL.DINAT.ATTN_DROP_RATE = 0.0
+    cfg.MODEL.DINAT.DROP_PATH_RATE = 0.3
+    cfg.MODEL.DINAT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Additions: layer scale init (None: off) and the number of frozen stages (-1: none).
+    cfg.MODEL.DINAT.LAYER_SCALE = None
+    cfg.MODEL.DINAT.FROZEN_STAGES = -1
+
+
+def get_project_cfg() -> CN:
+    """detectron2's defaults plus every key of this project."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_dinat_config(cfg)
+    add_maskformer2_config(cfg)
+    return cfg
