@@ -28,11 +28,14 @@ __all__ = ["SafeDetectionCheckpointer", "load_safe_pickle", "load_safetensors", 
 # `_codecs.encode` turns the latin-1 text Python 3 uses for bytes under protocol 2 back into bytes.
 _NUMPY_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]
 _NUMPY_SCALAR = np.float32(0).__reduce__()[0]
+_NUMPY_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # pickle protocol 5: array from raw bytes
 _SAFE_PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
     ("numpy.core.multiarray", "scalar"): _NUMPY_SCALAR,
     ("numpy._core.multiarray", "scalar"): _NUMPY_SCALAR,
+    ("numpy.core.numeric", "_frombuffer"): _NUMPY_FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _NUMPY_FROMBUFFER,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): codecs.encode,
