@@ -1,6 +1,6 @@
 """DiNAT + Mask2Former for detectron2. Importing this package registers the backbone, heads,
 meta-architecture, datasets and dataset mappers with detectron2's registries."""
 from .config import add_dinat_config, add_maskformer2_config, get_project_cfg
-from . import layers  # noqa: F401
+from . import layers, modeling  # noqa: F401
 
 __all__ = ["add_dinat_config", "add_maskformer2_config", "get_project_cfg"]

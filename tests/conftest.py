@@ -1,0 +1,24 @@
+"""Shared test helpers: the reference fixtures live in ../shared/fixtures beside the project root."""
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def load_fixture(name: str):
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.fail(f"reference fixture {path} is missing (shared/ must sit beside the project root)")
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def na_reference():
+    return load_fixture("na_reference.pt")
+
+
+@pytest.fixture(scope="session")
+def m2f_reference():
+    return load_fixture("m2f_dinat_reference.pt")
