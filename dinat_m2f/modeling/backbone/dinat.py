@@ -181,7 +181,7 @@ class DiNAT(nn.Module):
         self.patch_embed = ConvTokenizer(in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
         # Stochastic depth rises linearly over all blocks.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.levels = nn.ModuleList()
         for i, depth in enumerate(depths):
             first = sum(depths[:i])
