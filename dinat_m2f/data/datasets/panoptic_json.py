@@ -1,0 +1,62 @@
+"""Loader for COCO-format panoptic annotations (PNG + JSON) with semantic labels beside them."""
+import json
+import os
+from typing import Dict, List, Optional
+
+from .paths import DatasetFileMissingError
+
+
+def _to_contiguous(segment: Dict, meta: Dict, json_file: str) -> Dict:
+    category_id = segment["category_id"]
+    segment = dict(segment)
+    if category_id in meta["thing_dataset_id_to_contiguous_id"]:
+        segment["category_id"] = meta["thing_dataset_id_to_contiguous_id"][category_id]
+        segment["isthing"] = True
+    elif category_id in meta["stuff_dataset_id_to_contiguous_id"]:
+        segment["category_id"] = meta["stuff_dataset_id_to_contiguous_id"][category_id]
+        segment["isthing"] = False
+    else:
+        raise ValueError(f"{json_file}: segment {segment['id']} has unknown category_id {category_id}")
+    return segment
+
+
+def load_panoptic_json(
+    json_file: str,
+    image_dir: str,
+    panoptic_dir: str,
+    semantic_dir: Optional[str],
+    meta: Dict,
+) -> List[Dict]:
+    """Read a COCO panoptic JSON into detectron2 dataset dicts.
+
+    Each dict has "file_name" (image path from the JSON's "images" entry), "image_id", "height",
+    "width", "pan_seg_file_name", "segments_info" (category ids made contiguous with the metadata's
+    thing/stuff maps, plus "isthing") and, when ``semantic_dir`` is given, "sem_seg_file_name"
+    (same file name as the panoptic PNG).
+    """
+    with open(json_file) as f:
+        content = json.load(f)
+    images = {image["id"]: image for image in content["images"]}
+    dataset_dicts = []
+    for ann in content["annotations"]:
+        image = images.get(ann["image_id"])
+        if image is None:
+            raise ValueError(f"{json_file}: annotation of image_id {ann['image_id']} has no image entry")
+        record = {
+            "file_name": os.path.join(image_dir, image["file_name"]),
+            "image_id": ann["image_id"],
+            "height": image["height"],
+            "width": image["width"],
+            "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
+            "segments_info": [_to_contiguous(s, meta, json_file) for s in ann["segments_info"]],
+        }
+        if semantic_dir is not None:
+            record["sem_seg_file_name"] = os.path.join(semantic_dir, ann["file_name"])
+        dataset_dicts.append(record)
+    if not dataset_dicts:
+        raise ValueError(f"{json_file} has no annotations")
+    first = dataset_dicts[0]
+    for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
+        if key in first and not os.path.isfile(first[key]):
+            raise DatasetFileMissingError(f"{first[key]} (listed in {json_file}) does not exist")
+    return dataset_dicts
