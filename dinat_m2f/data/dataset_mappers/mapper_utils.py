@@ -1,0 +1,151 @@
+"""Pieces shared by the dataset mappers: reading files with errors that name them, padding,
+per-segment masks, and the augmentation lists built from the config."""
+from typing import Dict, List, Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Instances, polygons_to_bitmask
+
+from .color_augmentation import ColorAugSSDTransform
+
+# Value of padded image pixels (mid-grey, as Mask2Former pads).
+IMAGE_PAD_VALUE = 128
+
+
+class ImageFileError(OSError):
+    """An image or label file could not be read or decoded."""
+
+
+def read_image_file(file_name: str, image_format=None) -> np.ndarray:
+    """detectron2's read_image, with an error that names the file when it is missing or corrupt."""
+    try:
+        return utils.read_image(file_name, format=image_format)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL reports undecodable data in these
+        raise ImageFileError(f"Cannot read image file {file_name}: {e}") from e
+
+
+def read_label_map(file_name: str) -> np.ndarray:
+    """A single-channel label PNG (e.g. semantic ids) as an (H, W) integer array."""
+    labels = read_image_file(file_name)
+    if labels.ndim != 2:
+        raise ImageFileError(f"Label file {file_name} has {labels.shape[2]} channels; expected one")
+    return labels
+
+
+def pad_to_divisibility(tensor: torch.Tensor, size_divisibility: int, value: float) -> torch.Tensor:
+    """Pad the last two dims at the bottom/right up to the next multiple of ``size_divisibility``."""
+    if size_divisibility <= 0:
+        return tensor
+    h, w = tensor.shape[-2:]
+    pad_h = (size_divisibility - h % size_divisibility) % size_divisibility
+    pad_w = (size_divisibility - w % size_divisibility) % size_divisibility
+    if pad_h == 0 and pad_w == 0:
+        return tensor
+    return F.pad(tensor, (0, pad_w, 0, pad_h), value=value).contiguous()
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, C) uint8 array to a (C, H, W) uint8 tensor."""
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def instances_from_masks(
+    image_size: Sequence[int], classes: Sequence[int], masks: Sequence[torch.Tensor]
+) -> Instances:
+    """Instances with ``gt_classes`` (N,) int64 and ``gt_masks`` (N, H, W) bool; empty masks (e.g.
+    segments cropped away by augmentation) are dropped."""
+    keep = [i for i, m in enumerate(masks) if bool(m.any())]
+    instances = Instances(tuple(image_size))
+    instances.gt_classes = torch.tensor([int(classes[i]) for i in keep], dtype=torch.int64)
+    if keep:
+        instances.gt_masks = torch.stack([masks[i].to(torch.bool) for i in keep])
+    else:
+        instances.gt_masks = torch.zeros((0, *image_size), dtype=torch.bool)
+    return instances
+
+
+def add_boxes_from_masks(instances: Instances) -> Instances:
+    instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
+    return instances
+
+
+def annotation_masks(annotations: List[Dict], height: int, width: int) -> List[np.ndarray]:
+    """Bool masks of transformed COCO annotations: polygons, RLE (compressed or not) or arrays."""
+    masks = []
+    for ann in annotations:
+        segm = ann["segmentation"]
+        if isinstance(segm, list):
+            masks.append(polygons_to_bitmask(segm, height, width))
+        elif isinstance(segm, dict):
+            if isinstance(segm["counts"], list):  # uncompressed RLE
+                segm = mask_util.frPyObjects(segm, *segm["size"])
+            masks.append(mask_util.decode(segm).astype(bool))
+        elif isinstance(segm, np.ndarray) and segm.ndim == 2:
+            masks.append(segm.astype(bool))
+        else:
+            raise ValueError(f"Cannot convert a segmentation of type {type(segm)} to a mask")
+    return masks
+
+
+def panoptic_to_semantic(pan_ids: np.ndarray, segments_info: List[Dict], ignore_label: int) -> np.ndarray:
+    """Semantic label map of a panoptic id map (contiguous category ids; void -> ignore_label)."""
+    semantic = np.full(pan_ids.shape, ignore_label, dtype=np.int64)
+    for segment in segments_info:
+        semantic[pan_ids == segment["id"]] = segment["category_id"]
+    return semantic
+
+
+def ignore_label_of(cfg: CfgNode) -> int:
+    """The training set's ignore label (metadata), else MODEL.SEM_SEG_HEAD.IGNORE_VALUE."""
+    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+    return meta.get("ignore_label", cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE) if meta else cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+
+
+def _flip(cfg: CfgNode) -> List[T.Augmentation]:
+    if cfg.INPUT.RANDOM_FLIP == "none":
+        return []
+    return [T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical")]
+
+
+def mask_former_augmentations(cfg: CfgNode, category_area_crop: bool) -> List[T.Augmentation]:
+    """Resize the shortest edge, crop (under the single-category area constraint when the mapper has
+    semantic labels), SSD colour distortion, flip."""
+    augs: List[T.Augmentation] = [
+        T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        if category_area_crop:
+            augs.append(
+                T.RandomCrop_CategoryAreaConstraint(
+                    cfg.INPUT.CROP.TYPE,
+                    cfg.INPUT.CROP.SIZE,
+                    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+                    ignore_label_of(cfg),
+                )
+            )
+        else:
+            augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    if cfg.INPUT.COLOR_AUG_SSD:
+        augs.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
+    return augs + _flip(cfg)
+
+
+def lsj_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
+    """Large-scale jitter: flip, resize to a random scale of IMAGE_SIZE, fixed-size crop/pad."""
+    size = cfg.INPUT.IMAGE_SIZE
+    return _flip(cfg) + [
+        T.ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE, target_height=size, target_width=size),
+        T.FixedSizeCrop(crop_size=(size, size), pad_value=IMAGE_PAD_VALUE),
+    ]
+
+
+def padding_mask_after(transforms: T.TransformList, image_hw: Sequence[int]) -> torch.Tensor:
+    """(H, W) bool tensor, True on pixels that the transforms added as padding."""
+    ones = np.ones(tuple(image_hw), dtype=np.uint8)
+    return torch.as_tensor(transforms.apply_segmentation(ones) != 1)
