@@ -1,0 +1,144 @@
+"""The Mask2Former-DiNAT model against the original implementation's numbers
+(shared/fixtures/m2f_dinat_reference.pt: a small model run by the original code)."""
+import pytest
+import torch
+import yaml
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+
+import dinat_m2f.modeling.backbone.dinat  # noqa: F401  (registers D2DiNAT)
+from dinat_m2f.config import get_project_cfg
+from dinat_m2f.maskformer_model import MaskFormer
+from dinat_m2f.modeling.meta_arch.mask_former_head import MaskFormerHead
+
+FIXTURE_DATASET = "m2f_fixture_reference"
+LOGIT_TOL = 1e-3  # shared/fixtures/README.md: features and logits
+SCORE_TOL = 1e-4  # instance scores
+
+
+def fixture_cfg(reference: dict) -> CfgNode:
+    """The project's defaults with the fixture's MODEL keys (its yaml also holds keys of other detectron2
+    versions outside MODEL, which are not ours to merge)."""
+    cfg = get_project_cfg()
+    cfg.MODEL.merge_from_other_cfg(CfgNode(yaml.safe_load(reference["full_config_yaml"])["MODEL"]))
+    MetadataCatalog.get(FIXTURE_DATASET).set(**reference["metadata"])
+    cfg.DATASETS.TRAIN = (FIXTURE_DATASET,)
+    cfg.DATASETS.TEST = (FIXTURE_DATASET,)
+    cfg.TEST.DETECTIONS_PER_IMAGE = reference["config"]["TEST.DETECTIONS_PER_IMAGE"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def reference_model(m2f_reference):
+    model = build_model(fixture_cfg(m2f_reference)).eval()
+    model.load_state_dict(m2f_reference["state_dict"], strict=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(reference_model, m2f_reference):
+    """Backbone features, head outputs and the three inference results for the fixture's image."""
+    image = m2f_reference["image"]
+    with torch.no_grad():
+        normalized = ((image.float() - reference_model.pixel_mean) / reference_model.pixel_std)[None]
+        features = reference_model.backbone(normalized)
+        head = reference_model.sem_seg_head(features)
+        result = reference_model(
+            [{"image": image, "height": m2f_reference["height"], "width": m2f_reference["width"]}]
+        )[0]
+    return features, head, result
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+def _check_head_outputs(out: dict, reference: dict) -> None:
+    assert _max_err(out["pred_logits"], reference["pred_logits"]) < LOGIT_TOL
+    assert _max_err(out["pred_masks"], reference["pred_masks"]) < LOGIT_TOL
+    assert len(out["aux_outputs"]) == len(reference["aux_pred_logits"])
+    for aux, ref_logits, ref_masks in zip(
+        out["aux_outputs"], reference["aux_pred_logits"], reference["aux_pred_masks"]
+    ):
+        assert _max_err(aux["pred_logits"], ref_logits) < LOGIT_TOL
+        assert _max_err(aux["pred_masks"], ref_masks) < LOGIT_TOL
+
+
+def test_head_reproduces_fixture_from_backbone_features(m2f_reference):
+    """Pixel decoder + transformer decoder alone, fed the original backbone's features."""
+    cfg = fixture_cfg(m2f_reference)
+    features = m2f_reference["backbone_features"]
+    input_shape = {
+        name: ShapeSpec(channels=f.shape[1], stride=4 * 2**level) for level, (name, f) in enumerate(features.items())
+    }
+    head = MaskFormerHead(cfg, input_shape).eval()
+    prefix = "sem_seg_head."
+    head.load_state_dict(
+        {k[len(prefix):]: v for k, v in m2f_reference["state_dict"].items() if k.startswith(prefix)}, strict=True
+    )
+    with torch.no_grad():
+        _check_head_outputs(head(features), m2f_reference)
+
+
+def test_state_dict_names_and_shapes_are_the_originals(reference_model, m2f_reference):
+    """A plain dict of tensors (no version metadata) loads strictly; names and shapes match one to one."""
+    ours = reference_model.state_dict()
+    theirs = m2f_reference["state_dict"]
+    assert sorted(ours) == sorted(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in theirs)
+    assert isinstance(reference_model, MaskFormer)
+
+
+def test_backbone_features_match(reference_outputs, m2f_reference):
+    features, _, _ = reference_outputs
+    assert sorted(features) == sorted(m2f_reference["backbone_features"])
+    for name, ref in m2f_reference["backbone_features"].items():
+        assert _max_err(features[name], ref) < LOGIT_TOL, name
+
+
+def test_head_outputs_match(reference_outputs, m2f_reference):
+    _, head, _ = reference_outputs
+    _check_head_outputs(head, m2f_reference)
+
+
+def test_semantic_result_matches(reference_outputs, m2f_reference):
+    _, _, result = reference_outputs
+    assert _max_err(result["sem_seg"], m2f_reference["sem_seg"]) < LOGIT_TOL
+
+
+def test_panoptic_result_matches(reference_outputs, m2f_reference):
+    _, _, result = reference_outputs
+    panoptic_seg, segments_info = result["panoptic_seg"]
+    assert panoptic_seg.dtype == torch.int32
+    assert torch.equal(panoptic_seg, m2f_reference["panoptic_seg"])
+    assert segments_info == m2f_reference["segments_info"]
+
+
+def test_instance_result_matches_as_a_set(reference_outputs, m2f_reference):
+    """Instances come from an unsorted top-k: pair each reference instance with an unused prediction of the
+    same class, the same mask and the same score."""
+    _, _, result = reference_outputs
+    instances = result["instances"]
+    ref_masks = m2f_reference["instance_masks"]
+    assert len(instances) == len(ref_masks)
+    assert tuple(instances.image_size) == tuple(ref_masks.shape[-2:])
+    unused = set(range(len(instances)))
+    for ref_mask, ref_score, ref_class in zip(
+        ref_masks, m2f_reference["instance_scores"], m2f_reference["instance_classes"]
+    ):
+        match = next(
+            (
+                i
+                for i in sorted(unused)
+                if instances.pred_classes[i] == ref_class
+                # pixels whose logit is within rounding of 0 may flip
+                and (instances.pred_masks[i] != ref_mask).float().mean() < 1e-3
+                and abs(instances.scores[i].item() - ref_score.item()) < SCORE_TOL
+            ),
+            None,
+        )
+        assert match is not None, f"no prediction matches reference instance (class {ref_class}, score {ref_score})"
+        unused.remove(match)
