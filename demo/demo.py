@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Run a DiNAT + Mask2Former model on images or a video and write visualizations and results.
+
+    python demo/demo.py --config-file configs/coco/panoptic/dinat_l.yaml \
+        --input a.jpg b.png photos/ 'shots/*.jpg' --output out/ \
+        --opts MODEL.WEIGHTS mask2former_dinat_large_coco_panoptic.pth
+
+For each image, out/ receives the visualization (same file name as the input) and the machine-readable
+results of every task the model has on (MODEL.MASK_FORMER.TEST.*_ON): <name>_panoptic.png + .json (COCO
+panoptic format), <name>_instances.json (COCO results, RLE masks), <name>_sem_seg.png (label ids).
+An --output with an image extension names the single visualization file (results are written beside it);
+without --output the visualizations are shown in a window. Unreadable inputs are reported and skipped;
+the exit status is 1 if any input was skipped.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+import tqdm
+from detectron2.config import CfgNode
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo/ modules, also when imported elsewhere
+from export import CategoryIds, write_results  # noqa: E402
+from predictor import Predictor, visualize, visualize_frame  # noqa: E402
+
+import dinat_m2f  # noqa: E402,F401  (registers the model and the datasets)
+from dinat_m2f.config import get_project_cfg  # noqa: E402
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+WINDOW_NAME = "dinat-m2f"
+logger = logging.getLogger("dinat_m2f.demo")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the model's config")
+    parser.add_argument("--input", nargs="+", default=[],
+                        help="images, folders of images or quoted glob patterns ('photos/*.jpg')")
+    parser.add_argument("--video-input", help="a video file to run on, frame by frame")
+    parser.add_argument("--output", help="folder for results, or one image file for a single input")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+                        help="minimum score of the instances drawn and written (instance results)")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+    return parser
+
+
+def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    cfg = get_project_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.info("CUDA is not available: running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def expand_inputs(patterns: List[str]) -> List[Path]:
+    """Files as given (even missing ones, so they get reported), folders' images sorted, glob matches."""
+    paths: List[Path] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            paths += sorted(p for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                logger.warning("No file matches %s", pattern)
+            paths += [Path(m) for m in matches if not os.path.isdir(m)]
+        else:
+            paths.append(Path(pattern))
+    return paths
+
+
+def output_names(paths: List[Path], output: str) -> List[Path]:
+    """Visualization path for every input. A folder output (an existing folder, or a name without an
+    image extension) gets one file per input named like it (made unique if names repeat)."""
+    if Path(output).suffix.lower() in IMAGE_EXTENSIONS and not os.path.isdir(output):
+        if len(paths) != 1:
+            raise SystemExit(f"--output {output} is a single file, but there are {len(paths)} inputs: "
+                             "give a folder instead")
+        os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+        return [Path(output)]
+    os.makedirs(output, exist_ok=True)
+    seen: Counter = Counter()
+    names = []
+    for path in paths:
+        seen[path.name] += 1
+        suffix = "" if seen[path.name] == 1 else f"_{seen[path.name] - 1}"
+        names.append(Path(output) / f"{path.stem}{suffix}{path.suffix}")
+    return names
+
+
+def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str],
+                  confidence_threshold: float) -> Tuple[int, int]:
+    """Returns (number of images done, number skipped)."""
+    destinations = output_names(paths, output) if output else [None] * len(paths)
+    categories = CategoryIds(predictor.metadata)
+    done = skipped = 0
+    for path, destination in tqdm.tqdm(list(zip(paths, destinations)), disable=len(paths) < 2, unit="img"):
+        try:
+            image = read_image(str(path), format="RGB")  # grayscale / RGBA / palette -> RGB, EXIF rotation
+        except Exception as e:  # PIL raises several types for missing, truncated or non-image files
+            logger.warning("Skipping %s: cannot read it as an image (%s)", path, e)
+            skipped += 1
+            continue
+        outputs = predictor(image)
+        vis = visualize(image, outputs, predictor.metadata, confidence_threshold)
+        if destination is None:
+            show(vis.get_image(), wait_ms=0)
+        else:
+            vis.save(str(destination))
+            prefix = destination.with_suffix("")
+            write_results(outputs, prefix, path.stem, categories, confidence_threshold)
+        done += 1
+    return done, skipped
+
+
+def run_on_video(predictor: Predictor, video: str, output: Optional[str], confidence_threshold: float) -> None:
+    capture = cv2.VideoCapture(video)
+    if not capture.isOpened():
+        raise SystemExit(f"Cannot open the video {video}")
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    writer = None
+    if output:
+        destination = output if Path(output).suffix else os.path.join(output, Path(video).stem + ".mp4")
+        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+        writer = cv2.VideoWriter(destination, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    video_visualizer = VideoVisualizer(predictor.metadata, ColorMode.IMAGE)
+    num_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    with tqdm.tqdm(total=num_frames, unit="frame") as progress:
+        while True:
+            ok, frame_bgr = capture.read()
+            if not ok:
+                break
+            frame_rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
+            vis = visualize_frame(video_visualizer, frame_rgb, predictor(frame_rgb), confidence_threshold)
+            vis_bgr = vis.get_image()[:, :, ::-1]
+            if writer is not None:
+                writer.write(np.ascontiguousarray(vis_bgr))
+            else:
+                show(vis.get_image(), wait_ms=1)
+            progress.update()
+    capture.release()
+    if writer is not None:
+        writer.release()
+        logger.info("Wrote %s", destination)
+
+
+def show(image_rgb: np.ndarray, wait_ms: int) -> None:
+    """Shows the image in a window; waits `wait_ms` for a key (0: until one is pressed), Esc quits."""
+    try:
+        cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+        cv2.imshow(WINDOW_NAME, image_rgb[:, :, ::-1])
+    except cv2.error as e:
+        raise SystemExit(f"Cannot open a window to show results ({e.err}); pass --output instead") from e
+    if cv2.waitKey(wait_ms) == 27:
+        raise SystemExit(0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    if not args.input and not args.video_input:
+        raise SystemExit("Nothing to do: give --input images or --video-input")
+    predictor = Predictor(setup_cfg(args))
+
+    skipped = 0
+    if args.input:
+        paths = expand_inputs(args.input)
+        done, skipped = run_on_images(predictor, paths, args.output, args.confidence_threshold)
+        logger.info("Processed %d images%s", done, f", skipped {skipped} unreadable" if skipped else "")
+    if args.video_input:
+        run_on_video(predictor, args.video_input, args.output, args.confidence_threshold)
+    return 1 if skipped else 0
+
+
+if __name__ == "__main__":
+    setup_logger(name="fvcore")  # checkpoint loading messages
+    setup_logger(name="dinat_m2f")
+    sys.exit(main())
