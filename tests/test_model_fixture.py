@@ -142,3 +142,83 @@ def test_instance_result_matches_as_a_set(reference_outputs, m2f_reference):
         )
         assert match is not None, f"no prediction matches reference instance (class {ref_class}, score {ref_score})"
         unused.remove(match)
+
+
+# Inference rules the fixture's image does not exercise, on the fixture's model.
+
+
+def test_outputs_are_resized_to_the_requested_size(reference_model, m2f_reference):
+    image = m2f_reference["image"][:, :150, :170]  # not a multiple of 32: padded inside the model
+    with torch.no_grad():
+        result = reference_model([{"image": image, "height": 300, "width": 340}])[0]
+    num_classes = reference_model.sem_seg_head.num_classes
+    assert result["sem_seg"].shape == (num_classes, 300, 340)
+    assert result["panoptic_seg"][0].shape == (300, 340)
+    assert tuple(result["instances"].image_size) == (300, 340)
+    assert result["instances"].pred_masks.shape[-2:] == (300, 340)
+
+
+def _one_hot_logits(classes, num_classes: int, confidence: float = 10.0) -> torch.Tensor:
+    logits = torch.zeros(len(classes), num_classes + 1)
+    for q, c in enumerate(classes):
+        logits[q, c] = confidence
+    return logits
+
+
+def test_panoptic_merges_stuff_of_one_class_and_keeps_things_apart(reference_model):
+    """Fixture metadata: classes 0-2 are things, 3-4 stuff. Two queries of stuff class 3 become one segment,
+    two of thing class 1 stay two segments, a no-object query is dropped."""
+    h, w = 8, 8
+    masks = torch.full((5, h, w), -10.0)
+    masks[0, :4, :4] = 10  # stuff 3
+    masks[1, :4, 4:] = 10  # stuff 3 again
+    masks[2, 4:, :4] = 10  # thing 1
+    masks[3, 4:, 4:] = 10  # thing 1
+    masks[4] = 10  # no-object
+    num_classes = reference_model.sem_seg_head.num_classes
+    logits = _one_hot_logits([3, 3, 1, 1, num_classes], num_classes)
+    panoptic_seg, segments_info = reference_model.panoptic_inference(logits, masks)
+    assert segments_info == [
+        {"id": 1, "isthing": False, "category_id": 3},
+        {"id": 2, "isthing": True, "category_id": 1},
+        {"id": 3, "isthing": True, "category_id": 1},
+    ]
+    assert (panoptic_seg[:4] == 1).all()
+    assert (panoptic_seg[4:, :4] == 2).all() and (panoptic_seg[4:, 4:] == 3).all()
+
+
+def test_panoptic_drops_low_scores_and_mostly_covered_segments(reference_model, monkeypatch):
+    monkeypatch.setattr(reference_model, "object_mask_threshold", 0.5)
+    h, w = 8, 8
+    masks = torch.full((3, h, w), -10.0)
+    masks[0, :, 1:] = 10  # class 0, confident, everything but column 0
+    masks[1, :2, :4] = 10  # class 2, less confident: keeps only 2 of its 8 pixels (< OVERLAP_THRESHOLD 0.3)
+    masks[2, 4:] = 10  # class 4 with a score (1/6) under the object-mask threshold
+    num_classes = reference_model.sem_seg_head.num_classes
+    logits = _one_hot_logits([0, 2, 4], num_classes)
+    logits[1, 2] = 5.0
+    logits[2] = 0.0
+    assert reference_model.overlap_threshold == 0.3
+    panoptic_seg, segments_info = reference_model.panoptic_inference(logits, masks)
+    assert segments_info == [{"id": 1, "isthing": True, "category_id": 0}]
+    assert (panoptic_seg[:, 1:] == 1).all() and (panoptic_seg[:, 0] == 0).all()
+
+
+def test_empty_panoptic_result_is_all_void(reference_model):
+    num_classes = reference_model.sem_seg_head.num_classes
+    logits = _one_hot_logits([num_classes] * 3, num_classes)
+    panoptic_seg, segments_info = reference_model.panoptic_inference(logits, torch.zeros(3, 4, 4))
+    assert segments_info == [] and (panoptic_seg == 0).all()
+
+
+def test_instances_keep_only_things_when_panoptic_is_on(reference_model):
+    num_classes = reference_model.sem_seg_head.num_classes
+    logits = _one_hot_logits([0, 3, 1, 4], num_classes)
+    masks = torch.full((4, 6, 6), -5.0)
+    masks[:, :3] = 5.0
+    instances = reference_model.instance_inference(logits, masks)
+    things = set(reference_model.metadata.thing_dataset_id_to_contiguous_id.values())
+    assert len(instances) > 0
+    assert set(instances.pred_classes.tolist()) <= things
+    assert {0, 1} <= set(instances.pred_classes.tolist())
+    assert instances.pred_boxes.tensor.shape == (len(instances), 4)
