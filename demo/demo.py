@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo/ modules, also 
 from export import CategoryIds, write_results  # noqa: E402
 from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 
-import dinat_m2f  # noqa: E402,F401  (registers the model and the datasets)
+import dinat_m2f  # noqa: E402,F401  (registers the model)
+import dinat_m2f.data  # noqa: E402,F401  (registers the datasets)
 from dinat_m2f.config import get_project_cfg  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}

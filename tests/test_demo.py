@@ -10,6 +10,8 @@ the written results is checked.
 """
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -205,6 +207,25 @@ def test_single_output_file_and_threshold(tmp_path, demo_opts, predictor):
     records = load_json(tmp_path / "result" / "vis_instances.json")
     assert len(records) == int((scores >= 0.02).sum())
     assert all(r["score"] >= 0.02 for r in records)
+
+
+def test_command_line_with_the_synthetic_config(tmp_path, demo_opts):
+    """`python demo/demo.py` as a user runs it, with the synthetic dataset's registered metadata."""
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 50), dtype=np.uint8)).save(tmp_path / "g.png")
+    weights = demo_opts[demo_opts.index("MODEL.WEIGHTS") + 1]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "demo.py"), "--config-file", str(CONFIG),
+         "--input", str(tmp_path / "g.png"), "--output", str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS", weights],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Processed 1 images" in result.stdout + result.stderr
+    assert cv2.imread(str(tmp_path / "out" / "g.png")).shape == (30, 50, 3)
+    annotation = load_json(tmp_path / "out" / "g_panoptic.json")
+    ids = rgb2id(read_rgb(tmp_path / "out" / "g_panoptic.png"))
+    assert {s["id"] for s in annotation["segments_info"]} == set(np.unique(ids)) - {0}
+    assert isinstance(load_json(tmp_path / "out" / "g_instances.json"), list)
+    assert np.asarray(Image.open(tmp_path / "out" / "g_sem_seg.png")).shape == (30, 50)
 
 
 def test_several_inputs_need_an_output_folder(tmp_path, demo_opts):
