@@ -229,3 +229,15 @@ def test_module_pads_small_maps_and_gives_gradients():
     assert (out - ref).abs().max() < 1e-12
     out.sum().backward()
     assert x.grad is not None and module.rpb.grad.abs().sum() > 0
+
+
+def test_attention_dropout_only_while_training():
+    torch.manual_seed(0)
+    module = NeighborhoodAttention2D(8, 2, 3, attn_drop=0.5)
+    x = torch.randn(1, 6, 6, 8, requires_grad=True)
+    eval_out = module.eval()(x)
+    torch.testing.assert_close(module(x), eval_out)
+    train_out = module.train()(x)
+    assert not torch.allclose(train_out, eval_out)
+    train_out.sum().backward()
+    assert torch.isfinite(x.grad).all() and module.rpb.grad is not None

@@ -29,12 +29,14 @@ class TileClass:
     query_index: (n * tile,) axis positions of the queries of the n tiles (invalid slots repeat a valid one).
     key_index:   (n * region,) axis positions of each tile's key run (positions past the axis are clamped;
                  they are always masked).
+    valid:       (n * tile,) bool, the slot holds a real query (not a repeat past its group's end).
     allowed:     (tile, region) bool, key j of the run is in the window of query a.
     bias_index:  (tile, region) RPB slot (k-1) + (key - query)/dilation, clamped into [0, 2k-2] where masked.
     """
 
     query_index: torch.Tensor
     key_index: torch.Tensor
+    valid: torch.Tensor
     allowed: torch.Tensor
     bias_index: torch.Tensor
 
@@ -51,19 +53,6 @@ class AxisPlan:
     tile: int
     region: int
     classes: tuple[TileClass, ...]
-    # slot_of_position[i]: where axis position i sits in the concatenation of the classes' query slots.
-    slot_of_position: torch.Tensor
-
-    def to(self, device: torch.device) -> "AxisPlan":
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=True)
-
-        classes = tuple(
-            TileClass(move(c.query_index), move(c.key_index), move(c.allowed), move(c.bias_index))
-            for c in self.classes
-        )
-        return AxisPlan(self.length, self.kernel_size, self.dilation, self.tile, self.region, classes,
-                        move(self.slot_of_position))
 
 
 def default_tile(group_len: int, kernel_size: int) -> int:
@@ -108,37 +97,94 @@ def _axis_plan_cpu(length: int, kernel_size: int, dilation: int, tile: int) -> A
             entry[1].extend(keys)
             entry[2].extend(valid)
 
-    classes = []
-    slot_of_position = torch.empty(length, dtype=torch.long)
+    classes = tuple(
+        TileClass(torch.tensor(queries, dtype=torch.long), torch.tensor(keys, dtype=torch.long),
+                  torch.tensor(valid), torch.tensor(allowed), torch.tensor(bias, dtype=torch.long))
+        for (allowed, bias), (queries, keys, valid) in by_signature.items()
+    )
+    return AxisPlan(length, k, d, tile, region, classes)
+
+
+@dataclass(frozen=True)
+class ClassPair:
+    """A (row class, column class) pair: its tiles as flat indices into the H*W positions.
+
+    query_index: (n_rows * n_cols * Th * Tw,) ordered (row tile, column tile, row, column), so the queries of
+    one tile are contiguous and consecutive row tiles are consecutive slices.
+    key_index:   (n_rows * n_cols * Rh * Rw,) likewise for the key runs.
+    query_valid: (n_rows * n_cols * Th * Tw,) bool, the slot is a real query (others repeat one and are dropped).
+    """
+
+    rows: TileClass
+    cols: TileClass
+    query_index: torch.Tensor
+    key_index: torch.Tensor
+    query_valid: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Plan2D:
+    height: int
+    width: int
+    tile: tuple[int, int]
+    region: tuple[int, int]
+    pairs: tuple[ClassPair, ...]
+    # output_index[i * W + j]: row of query (i, j) in the concatenation of all pairs' query slots.
+    output_index: torch.Tensor
+
+
+def _outer_flat(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int, width: int) -> torch.Tensor:
+    r = rows.view(n_rows, 1, -1, 1)
+    c = cols.view(1, n_cols, 1, -1)
+    return (r * width + c).reshape(-1)
+
+
+@functools.lru_cache(maxsize=128)
+def _plan_2d_cpu(height: int, width: int, kernel_size: int, dilation: int, tile_h: int, tile_w: int) -> Plan2D:
+    plan_h = _axis_plan_cpu(height, kernel_size, dilation, tile_h)
+    plan_w = _axis_plan_cpu(width, kernel_size, dilation, tile_w)
+    pairs = []
+    output_index = torch.empty(height * width, dtype=torch.long)
     offset = 0
-    for (allowed, bias), (queries, keys, valid) in by_signature.items():
-        query_index = torch.tensor(queries, dtype=torch.long)
-        slots = torch.arange(offset, offset + len(queries))
-        is_valid = torch.tensor(valid)
-        slot_of_position[query_index[is_valid]] = slots[is_valid]
-        offset += len(queries)
-        classes.append(
-            TileClass(query_index, torch.tensor(keys, dtype=torch.long), torch.tensor(allowed),
-                      torch.tensor(bias, dtype=torch.long))
-        )
-    return AxisPlan(length, k, d, tile, region, tuple(classes), slot_of_position)
+    for rows in plan_h.classes:
+        for cols in plan_w.classes:
+            n_rows, n_cols = rows.num_tiles, cols.num_tiles
+            queries = _outer_flat(rows.query_index, cols.query_index, n_rows, n_cols, width)
+            keys = _outer_flat(rows.key_index, cols.key_index, n_rows, n_cols, width)
+            valid = (rows.valid.view(n_rows, 1, -1, 1) & cols.valid.view(1, n_cols, 1, -1)).reshape(-1)
+            output_index[queries[valid]] = torch.arange(offset, offset + queries.numel())[valid]
+            offset += queries.numel()
+            pairs.append(ClassPair(rows, cols, queries, keys, valid))
+    return Plan2D(height, width, (plan_h.tile, plan_w.tile), (plan_h.region, plan_w.region), tuple(pairs),
+                  output_index)
 
 
-_device_plans: dict[tuple, AxisPlan] = {}
+def _to_device(plan: Plan2D, device: torch.device) -> Plan2D:
+    def move_class(c: TileClass) -> TileClass:
+        return TileClass(*(t.to(device) for t in (c.query_index, c.key_index, c.valid, c.allowed, c.bias_index)))
+
+    pairs = tuple(ClassPair(move_class(p.rows), move_class(p.cols), p.query_index.to(device),
+                            p.key_index.to(device), p.query_valid.to(device)) for p in plan.pairs)
+    return Plan2D(plan.height, plan.width, plan.tile, plan.region, pairs, plan.output_index.to(device))
 
 
-def axis_plan(length: int, kernel_size: int, dilation: int, device: torch.device,
-              tile: int | None = None) -> AxisPlan:
-    """The (cached) plan of one axis of length `length`, on `device`."""
+_device_plans: dict[tuple, Plan2D] = {}
+
+
+def plan_2d(height: int, width: int, kernel_size: int, dilation: int, device: torch.device,
+            tile: tuple[int, int] | None = None) -> Plan2D:
+    """The (cached) 2-D plan for an H x W map, on `device`."""
     if tile is None:
-        tile = default_tile(math.ceil(length / dilation), kernel_size)
-    key = (length, kernel_size, dilation, tile, str(device))
+        tile = (default_tile(math.ceil(height / dilation), kernel_size),
+                default_tile(math.ceil(width / dilation), kernel_size))
+    device = torch.device(device)
+    key = (height, width, kernel_size, dilation, tile, str(device))
     plan = _device_plans.get(key)
     if plan is None:
-        plan = _axis_plan_cpu(length, kernel_size, dilation, tile)
-        if torch.device(device).type != "cpu":
-            plan = plan.to(torch.device(device))
-        if len(_device_plans) > 1024:
+        plan = _plan_2d_cpu(height, width, kernel_size, dilation, *tile)
+        if device.type != "cpu":
+            plan = _to_device(plan, device)
+        if len(_device_plans) > 256:
             _device_plans.clear()
         _device_plans[key] = plan
     return plan

@@ -1,25 +1,32 @@
 """Portable neighborhood attention: dense tiles as matrix products, on any device and dtype.
 
-For every pair of (row class, column class) of the axis plans, the queries of its tiles are gathered into
-blocks of tile_h*tile_w rows, their key runs into region_h*region_w rows, and
-softmax(Q K^T + bias) V is computed with batched matrix products. The bias block (RPB plus -inf outside each
-query's window) is shared by all tiles of the class pair. Tiles are processed in chunks so the score tensor
-stays under a fixed budget: memory is O(B * heads * H * W * region^2) at most, never (H*W)^2.
+For every (row class, column class) pair of the plan (see na_plan.py), the queries of its tiles are gathered
+into blocks of Th*Tw rows and their key runs into Rh*Rw rows (one flat gather over the H*W positions each),
+and softmax(Q K^T + bias) V is computed with batched matrix products. The bias block (RPB inside each query's
+window, -inf outside) is shared by all tiles of the pair.
+
+Tiles are processed in small chunks so the scores stay in cache between the products, the bias add and the
+softmax; memory is O(chunk), never (H*W)^2. The backward pass recomputes each chunk's probabilities
+(flash-attention style) and accumulates the gradients of q, k, v and rpb into one buffer each.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .na_plan import AxisPlan, TileClass, axis_plan
+from .na_plan import ClassPair, Plan2D, plan_2d
 
-# Score elements per chunk (B * heads * tiles * queries * keys): 2^25 float32 = 128 MiB.
-SCORE_BUDGET = 1 << 25
+# Score elements per chunk (B * heads * tiles * queries * keys): 2^18 float32 = 1 MiB, cache-sized.
+SCORE_BUDGET = 1 << 18
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
-def _class_bias(rpb: torch.Tensor | None, rows: TileClass, cols: TileClass,
-                dtype: torch.dtype) -> torch.Tensor:
+def pair_bias(rpb: torch.Tensor | None, pair: ClassPair, dtype: torch.dtype) -> torch.Tensor:
     """(heads or 1, Th*Tw, Rh*Rw) bias of one class pair: RPB inside the windows, -inf outside."""
+    rows, cols = pair.rows, pair.cols
     th, rh = rows.allowed.shape
     tw, rw = cols.allowed.shape
     allowed = rows.allowed[:, None, :, None] & cols.allowed[None, :, None, :]  # (Th, Tw, Rh, Rw)
@@ -31,64 +38,130 @@ def _class_bias(rpb: torch.Tensor | None, rows: TileClass, cols: TileClass,
     return bias.reshape(bias.shape[0], th * tw, rh * rw)
 
 
-def _gather_blocks(x: torch.Tensor, row_index: torch.Tensor, col_index: torch.Tensor,
-                   block_h: int, block_w: int) -> torch.Tensor:
-    """x (B, heads, H, W, D) -> (B, heads, n_h * n_w, block_h * block_w, D) blocks at the given positions."""
-    b, h, _, _, d = x.shape
-    blocks = x.index_select(2, row_index).index_select(3, col_index)
-    n_h, n_w = row_index.numel() // block_h, col_index.numel() // block_w
-    blocks = blocks.view(b, h, n_h, block_h, n_w, block_w, d).permute(0, 1, 2, 4, 3, 5, 6)
-    return blocks.reshape(b, h, n_h * n_w, block_h * block_w, d)
+def _rpb_slot_index(pair: ClassPair, kernel_size: int) -> torch.Tensor:
+    """(Th*Tw*Rh*Rw,) flat index into rpb[h].view(-1) of every (query, key) entry of the pair's bias block."""
+    side = 2 * kernel_size - 1
+    rows, cols = pair.rows.bias_index, pair.cols.bias_index
+    return (rows[:, None, :, None] * side + cols[None, :, None, :]).reshape(-1)
 
 
-def _attend(q, k, v, bias, dropout_p: float) -> torch.Tensor:
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    # Half-precision scores are accumulated and normalized in float32.
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float() + bias.float()
-    else:
-        scores = scores + bias
-    probs = scores.softmax(dim=-1)
-    if dropout_p > 0.0:
-        probs = F.dropout(probs, p=dropout_p)
-    return torch.matmul(probs.to(v.dtype), v)
+def _chunks(plan: Plan2D, batch: int, heads: int) -> Iterator[tuple[int, ClassPair, int, torch.Tensor,
+                                                                    torch.Tensor, torch.Tensor]]:
+    """(pair number, pair, tiles in chunk, query index, key index, query validity) for each chunk."""
+    (th, tw), (rh, rw) = plan.tile, plan.region
+    step = max(1, SCORE_BUDGET // (batch * heads * th * tw * rh * rw))
+    for number, pair in enumerate(plan.pairs):
+        tiles = pair.rows.num_tiles * pair.cols.num_tiles
+        for first in range(0, tiles, step):
+            n = min(step, tiles - first)
+            q_slice = slice(first * th * tw, (first + n) * th * tw)
+            yield (number, pair, n, pair.query_index[q_slice], pair.key_index[first * rh * rw: (first + n) * rh * rw],
+                   pair.query_valid[q_slice])
 
 
-def _class_pair_output(q, k, v, rpb, rows: TileClass, cols: TileClass, plan_h: AxisPlan,
-                       plan_w: AxisPlan, dropout_p: float) -> torch.Tensor:
-    """Outputs of all query slots of a class pair: (B, heads, rows_slots, cols_slots, D)."""
-    b, heads, _, _, dim = q.shape
-    th, tw, rh, rw = plan_h.tile, plan_w.tile, plan_h.region, plan_w.region
-    score_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    bias = _class_bias(rpb, rows, cols, score_dtype)
+def _probabilities(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    scores = torch.matmul(q_blocks, k_blocks.transpose(-1, -2))
+    # Half-precision scores are normalized in float32.
+    if scores.dtype in _HALF:
+        scores = scores.float()
+    scores += bias
+    return torch.softmax(scores, dim=-1)
 
-    per_row_tile = b * heads * cols.num_tiles * th * tw * rh * rw
-    tiles_per_chunk = max(1, SCORE_BUDGET // max(per_row_tile, 1))
-    chunks = []
-    for start in range(0, rows.num_tiles, tiles_per_chunk):
-        stop = min(start + tiles_per_chunk, rows.num_tiles)
-        q_rows = rows.query_index[start * th: stop * th]
-        k_rows = rows.key_index[start * rh: stop * rh]
-        q_blocks = _gather_blocks(q, q_rows, cols.query_index, th, tw)
-        k_blocks = _gather_blocks(k, k_rows, cols.key_index, rh, rw)
-        v_blocks = _gather_blocks(v, k_rows, cols.key_index, rh, rw)
-        out = _attend(q_blocks, k_blocks, v_blocks, bias[:, None], dropout_p)
-        n_h = stop - start
-        out = out.view(b, heads, n_h, cols.num_tiles, th, tw, dim).permute(0, 1, 2, 4, 3, 5, 6)
-        chunks.append(out.reshape(b, heads, n_h * th, cols.num_tiles * tw, dim))
-    return torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+
+class _TiledNeighborhoodAttention(torch.autograd.Function):
+    """softmax(q k^T + rpb) v on flat (B*heads, H*W, D) tensors, with a recomputing backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, plan: Plan2D, batch: int, heads: int, kernel_size: int):
+        (th, tw), (rh, rw) = plan.tile, plan.region
+        dim = q.shape[-1]
+        score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
+        biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
+        outputs = []
+        for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
+            q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
+            k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+            v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+            probs = _probabilities(q_blocks, k_blocks, biases[number])
+            out = torch.matmul(probs.to(v.dtype), v_blocks)
+            outputs.append(out.reshape(batch * heads, n * th * tw, dim))
+        slots = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        out = slots.index_select(1, plan.output_index)
+        ctx.save_for_backward(q, k, v, rpb, out)
+        ctx.plan, ctx.batch, ctx.heads, ctx.kernel_size = plan, batch, heads, kernel_size
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, rpb, out = ctx.saved_tensors
+        plan, batch, heads, kernel_size = ctx.plan, ctx.batch, ctx.heads, ctx.kernel_size
+        (th, tw), (rh, rw) = plan.tile, plan.region
+        dim = q.shape[-1]
+        work_dtype = torch.float32 if q.dtype in _HALF else q.dtype
+        grad_out = grad_out.contiguous()
+        # delta_i = sum_e dO_ie O_ie = sum_j P_ij dP_ij, the softmax backward's row term.
+        delta = (grad_out.to(work_dtype) * out.to(work_dtype)).sum(-1, keepdim=True)
+        grad_q = torch.zeros(q.shape, dtype=work_dtype, device=q.device)
+        grad_k = torch.zeros_like(grad_q)
+        grad_v = torch.zeros_like(grad_q)
+        need_rpb = rpb is not None and ctx.needs_input_grad[3]
+        grad_rpb = torch.zeros((heads, (2 * kernel_size - 1) ** 2), dtype=work_dtype, device=q.device) \
+            if need_rpb else None
+        biases = [pair_bias(rpb, pair, work_dtype)[None, :, None] for pair in plan.pairs]
+        slot_indices = [_rpb_slot_index(pair, kernel_size) for pair in plan.pairs] if need_rpb else None
+
+        for number, _, n, q_index, k_index, valid in _chunks(plan, batch, heads):
+            q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
+            k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+            v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+            probs = _probabilities(q_blocks, k_blocks, biases[number])
+            # Slots that repeat a query past its group's end must not count twice: zero their upstream grad.
+            keep = valid.view(1, 1, n, th * tw, 1).to(work_dtype)
+            grad_o = grad_out.index_select(1, q_index).view(batch, heads, n, th * tw, dim).to(work_dtype) * keep
+            row_delta = delta.index_select(1, q_index).view(batch, heads, n, th * tw, 1) * keep
+            grad_v.index_add_(1, k_index, torch.matmul(probs.transpose(-1, -2), grad_o)
+                              .reshape(batch * heads, n * rh * rw, dim))
+            grad_p = torch.matmul(grad_o, v_blocks.to(work_dtype).transpose(-1, -2))
+            grad_s = probs.mul_(grad_p.sub_(row_delta))  # dS = P * (dP - delta), written over P
+            grad_q.index_add_(1, q_index, torch.matmul(grad_s, k_blocks.to(work_dtype))
+                              .reshape(batch * heads, n * th * tw, dim))
+            grad_k.index_add_(1, k_index, torch.matmul(grad_s.transpose(-1, -2), q_blocks.to(work_dtype))
+                              .reshape(batch * heads, n * rh * rw, dim))
+            if need_rpb:
+                grad_rpb.index_add_(1, slot_indices[number], grad_s.sum(dim=(0, 2)).reshape(heads, -1))
+
+        if need_rpb:
+            grad_rpb = grad_rpb.view(rpb.shape).to(rpb.dtype)
+        return (grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_rpb,
+                None, None, None, None)
+
+
+def _na2d_with_dropout(q, k, v, rpb, plan: Plan2D, batch: int, heads: int, dropout_p: float) -> torch.Tensor:
+    """Same computation through plain autograd, for attention dropout while training (rarely used)."""
+    (th, tw), (rh, rw) = plan.tile, plan.region
+    dim = q.shape[-1]
+    score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
+    biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
+    outputs = []
+    for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
+        q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
+        k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+        v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+        scores = torch.matmul(q_blocks, k_blocks.transpose(-1, -2)).to(score_dtype) + biases[number]
+        probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+        outputs.append(torch.matmul(probs.to(v.dtype), v_blocks).reshape(batch * heads, n * th * tw, dim))
+    return torch.cat(outputs, dim=1).index_select(1, plan.output_index)
 
 
 def na2d_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
                rpb: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
     """Neighborhood attention by dense tiles; inputs already validated, q already scaled."""
-    height, width = q.shape[2], q.shape[3]
-    plan_h = axis_plan(height, kernel_size, dilation, q.device)
-    plan_w = axis_plan(width, kernel_size, dilation, q.device)
-    row_bands = []
-    for rows in plan_h.classes:
-        band = [_class_pair_output(q, k, v, rpb, rows, cols, plan_h, plan_w, dropout_p)
-                for cols in plan_w.classes]
-        row_bands.append(torch.cat(band, dim=3) if len(band) > 1 else band[0])
-    slots = torch.cat(row_bands, dim=2) if len(row_bands) > 1 else row_bands[0]
-    return slots.index_select(2, plan_h.slot_of_position).index_select(3, plan_w.slot_of_position)
+    batch, heads, height, width, dim = q.shape
+    plan = plan_2d(height, width, kernel_size, dilation, q.device)
+    q, k, v = (t.reshape(batch * heads, height * width, dim) for t in (q, k, v))
+    if dropout_p > 0.0:
+        out = _na2d_with_dropout(q, k, v, rpb, plan, batch, heads, dropout_p)
+    else:
+        out = _TiledNeighborhoodAttention.apply(q, k, v, rpb, plan, batch, heads, kernel_size)
+    return out.view(batch, heads, height, width, dim)
