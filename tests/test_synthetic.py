@@ -149,7 +149,7 @@ def _generate(directory):
 
 def test_two_processes_generating_at_once(tmp_path, synthetic_dir):
     directory = str(tmp_path / "synthetic")
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # no re-import: quick
     workers = [context.Process(target=_generate, args=(directory,)) for _ in range(2)]
     for w in workers:
         w.start()
@@ -160,6 +160,20 @@ def test_two_processes_generating_at_once(tmp_path, synthetic_dir):
     files = _files(synthetic_dir)
     assert _files(directory) == files
     assert not filecmp.cmpfiles(synthetic_dir, directory, files, shallow=False)[1]
+
+
+def test_losing_the_rename_race_keeps_the_winner(tmp_path, synthetic_dir):
+    """The second process to finish finds the folder installed and discards its own copy."""
+    from dinat_m2f.data.datasets.synthetic import _move_into_place
+
+    directory = str(tmp_path / "synthetic")
+    generate_synthetic_dataset(directory, SMALL)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "partial.txt").write_text("a copy that lost the race")
+    _move_into_place(str(staging), directory, SMALL)
+    assert not (tmp_path / "synthetic" / "partial.txt").exists()
+    assert _files(directory) == _files(synthetic_dir)
 
 
 def test_other_spec_replaces_outdated_folder(tmp_path):

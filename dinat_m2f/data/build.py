@@ -21,11 +21,14 @@ TRAIN_MAPPERS: Dict[str, Callable] = {
 }
 
 
-def build_mapper(cfg: CfgNode, is_train: bool) -> Callable:
-    """The training mapper INPUT.DATASET_MAPPER_NAME names, or the test-time InferenceDatasetMapper."""
-    if not is_train:
-        return InferenceDatasetMapper(cfg, False)
+def build_train_mapper(cfg: CfgNode, is_train: bool = True) -> Callable:
+    """The training mapper that INPUT.DATASET_MAPPER_NAME names."""
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in TRAIN_MAPPERS:
         raise ValueError(f"Unknown INPUT.DATASET_MAPPER_NAME '{name}'; known: {', '.join(sorted(TRAIN_MAPPERS))}")
-    return TRAIN_MAPPERS[name](cfg, True)
+    return TRAIN_MAPPERS[name](cfg, is_train)
+
+
+def build_mapper(cfg: CfgNode, is_train: bool) -> Callable:
+    """The training mapper INPUT.DATASET_MAPPER_NAME names, or the test-time InferenceDatasetMapper."""
+    return build_train_mapper(cfg) if is_train else InferenceDatasetMapper(cfg, False)

@@ -2,7 +2,6 @@
 import copy
 from typing import Dict, List
 
-import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
@@ -15,6 +14,7 @@ from .mapper_utils import (
     lsj_augmentations,
     padding_mask_after,
     read_image_file,
+    transform_mask,
 )
 
 
@@ -39,15 +39,13 @@ class COCOInstanceLSJDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image_file(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
+        annotations = [ann for ann in dataset_dict.pop("annotations", []) if not ann.get("iscrowd", 0)]
+        # rasterize polygons / decode RLE at the original size; masks then follow the image's transforms
+        masks = annotation_masks(annotations, *image.shape[:2])
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         h, w = aug_input.image.shape[:2]
-        annotations = [
-            utils.transform_instance_annotations(ann, transforms, (h, w))
-            for ann in dataset_dict.pop("annotations", [])
-            if not ann.get("iscrowd", 0)
-        ]
-        masks = [torch.as_tensor(m) for m in annotation_masks(annotations, h, w)]
+        masks = [transform_mask(transforms, m) for m in masks]
         dataset_dict["image"] = image_to_tensor(aug_input.image)
         dataset_dict["padding_mask"] = padding_mask_after(transforms, image.shape[:2])
         dataset_dict["instances"] = add_boxes_from_masks(

@@ -38,6 +38,16 @@ def read_label_map(file_name: str) -> np.ndarray:
     return labels
 
 
+def augmentable_labels(labels: np.ndarray) -> np.ndarray:
+    """Label map in a dtype detectron2's resize handles exactly: uint8 (PIL) when the values fit,
+    else float64 (torch's nearest interpolation has no integer kernels)."""
+    if labels.dtype == np.uint8:
+        return labels
+    if labels.size and labels.min() >= 0 and labels.max() <= 255:
+        return labels.astype(np.uint8)
+    return labels.astype(np.float64)
+
+
 def pad_to_divisibility(tensor: torch.Tensor, size_divisibility: int, value: float) -> torch.Tensor:
     """Pad the last two dims at the bottom/right up to the next multiple of ``size_divisibility``."""
     if size_divisibility <= 0:
@@ -91,6 +101,11 @@ def annotation_masks(annotations: List[Dict], height: int, width: int) -> List[n
         else:
             raise ValueError(f"Cannot convert a segmentation of type {type(segm)} to a mask")
     return masks
+
+
+def transform_mask(transforms: T.TransformList, mask: np.ndarray) -> torch.Tensor:
+    """A bool mask through the image's geometric transforms (padding they add is False)."""
+    return torch.as_tensor(transforms.apply_segmentation(mask.astype(np.uint8)) == 1)
 
 
 def panoptic_to_semantic(pan_ids: np.ndarray, segments_info: List[Dict], ignore_label: int) -> np.ndarray:

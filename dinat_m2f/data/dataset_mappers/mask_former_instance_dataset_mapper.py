@@ -2,7 +2,6 @@
 import copy
 from typing import Dict, List
 
-import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
@@ -15,6 +14,7 @@ from .mapper_utils import (
     mask_former_augmentations,
     pad_to_divisibility,
     read_image_file,
+    transform_mask,
 )
 
 
@@ -45,19 +45,13 @@ class MaskFormerInstanceDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image_file(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
+        annotations = [ann for ann in dataset_dict.pop("annotations", []) if not ann.get("iscrowd", 0)]
+        # rasterize polygons / decode RLE at the original size; masks then follow the image's transforms
+        masks = annotation_masks(annotations, *image.shape[:2])
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
-        h, w = image.shape[:2]
-        annotations = [
-            utils.transform_instance_annotations(ann, transforms, (h, w))
-            for ann in dataset_dict.pop("annotations", [])
-            if not ann.get("iscrowd", 0)
-        ]
-        masks = [
-            pad_to_divisibility(torch.as_tensor(m, dtype=torch.uint8), self.size_divisibility, 0)
-            for m in annotation_masks(annotations, h, w)
-        ]
+        masks = [pad_to_divisibility(transform_mask(transforms, m), self.size_divisibility, 0) for m in masks]
         image = pad_to_divisibility(image_to_tensor(image), self.size_divisibility, IMAGE_PAD_VALUE)
         dataset_dict["image"] = image
         dataset_dict["instances"] = instances_from_masks(

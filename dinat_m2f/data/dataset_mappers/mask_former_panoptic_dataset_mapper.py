@@ -10,6 +10,7 @@ from panopticapi.utils import rgb2id
 
 from .mapper_utils import (
     IMAGE_PAD_VALUE,
+    augmentable_labels,
     image_to_tensor,
     instances_from_masks,
     pad_to_divisibility,
@@ -41,7 +42,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
         else:
             sem_seg = panoptic_to_semantic(rgb2id(pan_seg), segments_info, self.ignore_label)
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        aug_input = T.AugInput(image, sem_seg=augmentable_labels(sem_seg))
         transforms = self.augmentations(aug_input)
         pan_ids = torch.as_tensor(rgb2id(transforms.apply_segmentation(pan_seg)).astype(np.int64))
 

@@ -10,6 +10,7 @@ from detectron2.data import transforms as T
 
 from .mapper_utils import (
     IMAGE_PAD_VALUE,
+    augmentable_labels,
     ignore_label_of,
     image_to_tensor,
     instances_from_masks,
@@ -63,7 +64,7 @@ class MaskFormerSemanticDatasetMapper:
             )
         sem_seg = read_label_map(dataset_dict.pop("sem_seg_file_name"))
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        aug_input = T.AugInput(image, sem_seg=augmentable_labels(sem_seg))
         self.augmentations(aug_input)
         image = pad_to_divisibility(image_to_tensor(aug_input.image), self.size_divisibility, IMAGE_PAD_VALUE)
         sem_seg = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
