@@ -73,7 +73,8 @@ def convert(
     if not any(_BACKBONE_KEY.match(k) for k in state_dict):
         raise ValueError("Not a DiNAT state_dict: no patch_embed.* or levels.* keys")
 
-    converted, report = {}, {"dropped": [], "resized": [], "initialized_by_backbone": []}
+    converted = {}
+    report = {"dropped": [], "resized": [], "initialized_by_backbone": list(OUTPUT_NORMS)}
     for key, value in state_dict.items():
         if _CLASSIFIER_KEY.match(key):
             report["dropped"].append(key)
@@ -83,7 +84,6 @@ def convert(
             value = resize_rpb(value, kernel_size)
             report["resized"].append(f"{key}: {old}x{old} -> {value.shape[-1]}x{value.shape[-1]}")
         converted[BACKBONE_PREFIX + key] = value
-    report["initialized_by_backbone"] = list(OUTPUT_NORMS)
     return converted, report
 
 
