@@ -2,10 +2,13 @@
 
 detectron2's CityscapesInstanceEvaluator / CityscapesSemSegEvaluator import the Cityscapes API under
 an internal module path that does not exist outside Meta, so they fail at the first image. These
-subclasses use ``cityscapesscripts`` and keep the API's side files (matches.json) in the temporary
-folder instead of the working directory."""
+subclasses use ``cityscapesscripts`` and keep the API's side files (matches.json) in the temporary folder
+instead of the working directory. The scripts (cityscapesScripts 2.3) also predate NumPy 2: they call
+``np.in1d`` (removed in NumPy 2.4) and cannot write NumPy integers to JSON; the evaluators give the
+script modules a numpy with ``in1d`` and a JSON writer that converts NumPy scalars."""
 import contextlib
 import glob
+import json
 import os
 from collections import OrderedDict
 from typing import Dict, List
@@ -24,7 +27,29 @@ def _ground_truth_files(gt_dir: str, suffix: str) -> List[str]:
     return files
 
 
+class _NumpyWithIn1d:
+    """numpy as the Cityscapes scripts call it (np.in1d, removed in NumPy 2.4, is np.isin flattened)."""
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    @staticmethod
+    def in1d(values, test_values, invert: bool = False) -> np.ndarray:
+        return np.isin(np.ravel(values), test_values, invert=invert)
+
+
+def _write_json(content, file_name: str) -> None:
+    def encode(value):
+        return value.item() if isinstance(value, np.generic) else value.__dict__
+
+    with open(file_name, "w") as f:
+        json.dump(content, f, default=encode, sort_keys=True, indent=4)
+
+
 def _configure(api, prediction_dir: str) -> None:
+    if not hasattr(np, "in1d"):
+        api.np = _NumpyWithIn1d()
+    api.writeDict2JSON = _write_json
     api.args.predictionPath = os.path.abspath(prediction_dir)
     api.args.predictionWalk = None
     api.args.JSONOutput = False
