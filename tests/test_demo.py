@@ -31,6 +31,9 @@ sys.path.insert(0, str(ROOT / "demo"))
 import demo  # noqa: E402
 from predictor import Predictor  # noqa: E402
 
+# pycocotools' decode warns under numpy 2 (its own __array__ call); not this project's concern
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
 CONFIG = ROOT / "configs" / "synthetic" / "panoptic" / "dinat_mini.yaml"
 DATASET = "demo_test_panoptic"
 THING_IDS = {11: 0, 12: 1, 13: 2}
