@@ -77,15 +77,18 @@ class _TiledNeighborhoodAttention(torch.autograd.Function):
         dim = q.shape[-1]
         score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
         biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
-        outputs = []
+        # One buffer for all chunks' outputs: no long-lived small allocations between the transient
+        # score buffers, which would fragment the heap and keep it from being reused.
+        slots = q.new_empty((batch * heads, plan.num_slots, dim))
+        offset = 0
         for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
             q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
             k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
             v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
             probs = _probabilities(q_blocks, k_blocks, biases[number])
-            out = torch.matmul(probs.to(v.dtype), v_blocks)
-            outputs.append(out.reshape(batch * heads, n * th * tw, dim))
-        slots = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+            slots[:, offset: offset + n * th * tw].view(batch, heads, n, th * tw, dim).copy_(
+                torch.matmul(probs.to(v.dtype), v_blocks))
+            offset += n * th * tw
         out = slots.index_select(1, plan.output_index)
         ctx.save_for_backward(q, k, v, rpb, out)
         ctx.plan, ctx.batch, ctx.heads, ctx.kernel_size = plan, batch, heads, kernel_size
