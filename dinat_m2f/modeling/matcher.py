@@ -77,6 +77,9 @@ class HungarianMatcher(nn.Module):
                     + self.cost_class * cost_class
                     + self.cost_dice * batch_dice_cost(out_mask, tgt_mask)
                 )
+                if not torch.isfinite(cost).all():
+                    # scipy would fail with a bare ValueError; the trainer adds the iteration to this error.
+                    raise FloatingPointError("matching cost is NaN or infinite: the predictions are not finite")
                 rows, cols = linear_sum_assignment(cost.cpu())
                 indices.append(
                     (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
