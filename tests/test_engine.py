@@ -238,6 +238,19 @@ def test_nan_loss_stops_before_the_step_and_names_the_iteration():
     assert model.linear.weight.grad is None or torch.isfinite(model.linear.weight.grad).all()
 
 
+def test_floating_point_error_inside_the_model_gets_the_iteration():
+    class FailingAtTwo(RegressionModel):
+        def forward(self, batch):
+            if len(self.seen_dtypes) == 2:
+                raise FloatingPointError("matching cost is NaN")
+            return super().forward(batch)
+
+    model = FailingAtTwo()
+    trainer = MixedPrecisionTrainer(model, _batches(5), torch.optim.SGD(model.parameters(), lr=0.05))
+    with pytest.raises(FloatingPointError, match=r"iteration=2\b.*matching cost is NaN"):
+        trainer.train(0, 5)
+
+
 class LeftChannelModel(nn.Module):
     """A stand-in semantic model: class scores = the image's first channel, resized to the requested size."""
 

@@ -3,7 +3,8 @@
 detectron2's AMPTrainer asserts CUDA and always uses a GradScaler; DiNAT-L trains in bfloat16, which needs
 no scaler, and the synthetic configs train on CPU. This step:
   - runs the forward pass under ``torch.autocast(device_type, dtype)`` when a precision is given;
-  - stops with ``FloatingPointError`` naming the iteration when the loss is NaN or infinite, *before*
+  - stops with ``FloatingPointError`` naming the iteration when the loss is NaN or infinite (or when the
+    model raises FloatingPointError itself, as the matcher does for non-finite predictions), *before*
     backward and the optimizer step, so the weights (and any checkpoint written later by a hook) are
     never touched by a non-finite loss; checkpoints already on disk stay as they are;
   - scales the loss with a GradScaler only for float16 (bfloat16 has float32's exponent range).
@@ -66,6 +67,11 @@ class MixedPrecisionTrainer(SimpleTrainer):
         self.precision = precision
         # float16 overflows/underflows without loss scaling; bfloat16 does not.
         self.grad_scaler = torch.amp.GradScaler(device_type) if precision == torch.float16 else None
+        if precision is not None:
+            logger.info(
+                "Mixed precision: autocast to %s on %s, %s",
+                precision, device_type, "with a GradScaler" if self.grad_scaler else "no GradScaler",
+            )
 
     def run_step(self) -> None:
         assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"
@@ -73,8 +79,11 @@ class MixedPrecisionTrainer(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        with torch.autocast(self.device_type, dtype=self.precision, enabled=self.precision is not None):
-            loss_dict = self.model(data)
+        try:
+            with torch.autocast(self.device_type, dtype=self.precision, enabled=self.precision is not None):
+                loss_dict = self.model(data)
+        except FloatingPointError as error:  # raised inside the model, e.g. by the matcher on NaN predictions
+            raise FloatingPointError(f"Non-finite values at iteration={self.iter}: {error}") from error
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
         losses = sum(loss.float() for loss in loss_dict.values())
