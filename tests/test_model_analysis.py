@@ -1,0 +1,57 @@
+"""tools/analyze_model.py: parameter counts and FLOP handles for neighborhood and deformable attention."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO_PANOPTIC = str(ROOT / "configs" / "coco" / "panoptic" / "dinat_l.yaml")
+
+
+@pytest.fixture(scope="module")
+def analyze_model():
+    spec = importlib.util.spec_from_file_location("analyze_model", ROOT / "tools" / "analyze_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parameter_count_of_dinat_l_coco_panoptic(analyze_model):
+    counts = analyze_model.count_parameters(analyze_model.load_cfg(COCO_PANOPTIC, []))
+    assert counts["total"] == 219_944_344
+    assert counts["backbone"] + counts["pixel decoder"] + counts["transformer decoder"] == counts["total"]
+
+
+def test_flops_count_neighborhood_and_deformable_attention(analyze_model):
+    """A small DiNAT (k=3, no dilation, one block per level) on 128x128: NA maps are 32, 16, 8, 4 wide, so no
+    padding and the count is analytic."""
+    embed_dim, kernel = 32, 3
+    cfg = analyze_model.load_cfg(
+        COCO_PANOPTIC,
+        [
+            "MODEL.DINAT.EMBED_DIM", embed_dim,
+            "MODEL.DINAT.DEPTHS", [1, 1, 1, 1],
+            "MODEL.DINAT.NUM_HEADS", [2, 4, 8, 16],
+            "MODEL.DINAT.KERNEL_SIZE", kernel,
+            "MODEL.DINAT.DILATIONS", [[1], [1], [1], [1]],
+            "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32,
+            "MODEL.SEM_SEG_HEAD.MASK_DIM", 32,
+            "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", 1,
+            "MODEL.MASK_FORMER.HIDDEN_DIM", 32,
+            "MODEL.MASK_FORMER.NHEADS", 4,
+            "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 64,
+            "MODEL.MASK_FORMER.DEC_LAYERS", 4,
+            "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", 10,
+        ],
+    )
+    total, by_operator = analyze_model.count_flops(cfg, 128, 128)
+    # QK and AV over k*k neighbors for every token and channel of each level (stride 4..32)
+    sides = [128 // 4, 128 // 8, 128 // 16, 128 // 32]
+    channels = [embed_dim * 2**i for i in range(4)]
+    expected_na = sum(2 * side * side * kernel * kernel * c for side, c in zip(sides, channels))
+    assert by_operator["PythonOp.NeighborhoodAttentionOp"] == expected_na
+    # one encoder layer; every token of res3..res5 samples 4 points on each of 3 levels, 32 channels, 5 per value
+    tokens = sum(side * side for side in sides[1:])
+    assert by_operator["grid_sampler"] == 5 * tokens * 3 * 4 * 32
+    assert by_operator["scaled_dot_product_attention"] > 0
+    assert total == sum(by_operator.values())
