@@ -1,3 +1,3 @@
-from .neighborhood_attention import NeighborhoodAttention2D, na2d
+from .neighborhood_attention import BACKENDS, NeighborhoodAttention2D, na2d, na_backend, select_backend
 
-__all__ = ["na2d", "NeighborhoodAttention2D"]
+__all__ = ["na2d", "NeighborhoodAttention2D", "na_backend", "select_backend", "BACKENDS"]

@@ -6,11 +6,67 @@ released DiNAT checkpoints. Index rules: shared/specs/neighborhood_attention.md.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .na_flex import na2d_flex
+from .na_natten import na2d_natten, natten_na2d
 from .na_tiled import na2d_tiled
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("tiled", "flex", "natten")
+BACKEND_ENV = "DINAT_M2F_NA_BACKEND"
+_forced_backend: list[str] = []
+_logged_choices: set[tuple] = set()
+
+
+@contextlib.contextmanager
+def na_backend(name: str) -> Iterator[None]:
+    """Force a neighborhood-attention backend ("tiled", "flex", "natten" or "auto") inside the block."""
+    _check_backend_name(name, "na_backend")
+    _forced_backend.append(name)
+    try:
+        yield
+    finally:
+        _forced_backend.pop()
+
+
+def _check_backend_name(name: str, where: str) -> None:
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"{where}: unknown neighborhood attention backend {name!r}; "
+                         f"choose from {BACKENDS + ('auto',)}")
+
+
+def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, requested: str | None = None) -> str:
+    """The backend for these inputs: the request (argument, then context manager, then env var), else
+    NATTEN's fused kernels on CUDA without RPB when installed, FlexAttention on CUDA (float32 and half
+    types), the tiled op otherwise (CPU, float64, attention dropout)."""
+    name = requested or (_forced_backend[-1] if _forced_backend else None) or os.environ.get(BACKEND_ENV, "auto")
+    _check_backend_name(name, f"backend (argument, na_backend() or ${BACKEND_ENV})")
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or (rpb is not None and rpb.requires_grad))
+    if name == "auto":
+        if q.device.type != "cuda" or dropout_p > 0.0 or q.dtype == torch.float64:
+            name = "tiled"
+        elif rpb is None and natten_na2d() is not None:
+            name = "natten"
+        else:
+            name = "flex"
+    elif name == "natten" and (rpb is not None or natten_na2d() is None or dropout_p > 0.0):
+        raise ValueError("backend 'natten' needs NATTEN >= 0.20 installed, rpb=None and no attention dropout")
+    elif name == "flex" and (dropout_p > 0.0 or (needs_grad and q.device.type == "cpu")):
+        raise ValueError("backend 'flex' has no attention dropout, and no backward on CPU: use 'tiled'")
+    choice = (name, q.device.type, q.dtype)
+    if choice not in _logged_choices:
+        _logged_choices.add(choice)
+        logger.info("neighborhood attention backend: %s (%s, %s)", name, q.device.type, q.dtype)
+    return name
 
 
 def _check_window(kernel_size: int, dilation: int) -> None:
@@ -50,14 +106,20 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size
 
 
 def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int = 1,
-         rpb: torch.Tensor | None = None, *, dropout_p: float = 0.0) -> torch.Tensor:
+         rpb: torch.Tensor | None = None, *, dropout_p: float = 0.0, backend: str | None = None) -> torch.Tensor:
     """softmax(q k^T + rpb) v over each query's dilated k x k neighborhood.
 
     q, k, v: (B, heads, H, W, D), q already multiplied by the scale; rpb: (heads, 2k-1, 2k-1) or None.
     Returns (B, heads, H, W, D). Differentiable in q, k, v and rpb. `dropout_p` drops attention
-    probabilities (only pass it while training).
+    probabilities (only pass it while training). `backend` forces "tiled", "flex" or "natten"
+    (default: chosen by device, dtype and availability; see `select_backend`).
     """
     _check_inputs(q, k, v, kernel_size, dilation, rpb)
+    name = select_backend(q, rpb, dropout_p, backend)
+    if name == "flex":
+        return na2d_flex(q, k, v, kernel_size, dilation, rpb)
+    if name == "natten":
+        return na2d_natten(q, k, v, kernel_size, dilation)
     return na2d_tiled(q, k, v, kernel_size, dilation, rpb, dropout_p)
 
 

@@ -1,0 +1,97 @@
+"""Every neighborhood-attention backend gives the reference numbers; selection and overrides."""
+import logging
+
+import pytest
+import torch
+
+from dinat_m2f.layers import na2d, na_backend, select_backend
+from dinat_m2f.layers.na_natten import natten_na2d
+
+from test_na import brute_force_na2d
+
+CUDA = torch.cuda.is_available()
+
+
+def _case(device="cpu", dtype=torch.float32, shape=(1, 2, 12, 13, 16), kernel=3, dilation=2, rpb=True):
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(3))
+    bias = torch.randn(shape[1], 2 * kernel - 1, 2 * kernel - 1, generator=gen).to(device, dtype) if rpb else None
+    return q, k, v, kernel, dilation, bias
+
+
+def _reference(q, k, v, kernel, dilation, rpb):
+    as64 = [t.double().cpu() for t in (q, k, v)]
+    return brute_force_na2d(*as64, kernel, dilation, None if rpb is None else rpb.double().cpu())
+
+
+def test_flex_backend_forward_matches_reference_on_cpu():
+    # FlexAttention compiles its forward on CPU (no backward there); one small shape keeps this quick.
+    q, k, v, kernel, dilation, rpb = _case()
+    with torch.no_grad():
+        out = na2d(q, k, v, kernel, dilation, rpb, backend="flex")
+    assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < 1e-5
+
+
+def test_tiled_backend_matches_reference_on_cpu():
+    q, k, v, kernel, dilation, rpb = _case(shape=(2, 3, 23, 19, 8), kernel=5, dilation=3)
+    out = na2d(q, k, v, kernel, dilation, rpb, backend="tiled")
+    assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < 1e-5
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["tiled", "flex"])
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
+def test_cuda_backends_forward_and_backward_match_reference(backend, dtype, atol):
+    q, k, v, kernel, dilation, rpb = _case("cuda", dtype, shape=(2, 2, 29, 31, 32), kernel=7, dilation=3)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, rpb)]
+    out = na2d(*leaves[:3], kernel, dilation, leaves[3], backend=backend)
+    ref_leaves = [t.detach().double().cpu().requires_grad_(True) for t in leaves]
+    ref = brute_force_na2d(*ref_leaves[:3], kernel, dilation, ref_leaves[3])
+    assert (out.double().cpu() - ref).abs().max() < atol
+    grad = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * grad.to("cuda", dtype)).sum(), leaves)
+    ref_grads = torch.autograd.grad((ref * grad).sum(), ref_leaves)
+    for g, rg in zip(grads, ref_grads):
+        assert ((g.double().cpu() - rg).norm() / rg.norm()) < (1e-4 if dtype == torch.float32 else 3e-2)
+
+
+@pytest.mark.skipif(not CUDA or natten_na2d() is None, reason="needs a CUDA GPU and NATTEN >= 0.20")
+def test_natten_backend_matches_reference_without_rpb():
+    q, k, v, kernel, dilation, _ = _case("cuda", torch.float16, shape=(1, 2, 29, 31, 32), kernel=7, dilation=3,
+                                         rpb=False)
+    out = na2d(q, k, v, kernel, dilation, None, backend="natten")
+    assert (out.double().cpu() - _reference(q, k, v, kernel, dilation, None)).abs().max() < 1e-2
+
+
+def test_automatic_choice_and_overrides(monkeypatch, caplog):
+    q, _, _, _, _, rpb = _case()
+    assert select_backend(q, rpb, 0.0) == "tiled"  # CPU
+    with na_backend("flex"):
+        assert select_backend(q, rpb, 0.0) == "flex"
+        assert select_backend(q, rpb, 0.0, "tiled") == "tiled"  # the argument wins
+    monkeypatch.setenv("DINAT_M2F_NA_BACKEND", "flex")
+    assert select_backend(q, rpb, 0.0) == "flex"
+    monkeypatch.setenv("DINAT_M2F_NA_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"unknown neighborhood attention backend 'fast'"):
+        select_backend(q, rpb, 0.0)
+    with pytest.raises(ValueError, match="unknown neighborhood attention backend 'cuda'"):
+        with na_backend("cuda"):
+            pass
+
+
+def test_unusable_forced_backends_are_clear_errors():
+    q, k, v, kernel, dilation, rpb = _case()
+    q.requires_grad_(True)
+    with pytest.raises(ValueError, match="no backward on CPU"):
+        na2d(q, k, v, kernel, dilation, rpb, backend="flex")
+    with pytest.raises(ValueError, match="backend 'natten' needs"):
+        na2d(q, k, v, kernel, dilation, rpb, backend="natten")
+
+
+def test_choice_is_logged_once(caplog):
+    q, k, v, kernel, dilation, rpb = _case(dtype=torch.float16)
+    with caplog.at_level(logging.INFO, logger="dinat_m2f.layers.neighborhood_attention"):
+        na2d(q, k, v, kernel, dilation, rpb)
+        na2d(q, k, v, kernel, dilation, rpb)
+    messages = [r.getMessage() for r in caplog.records if "backend" in r.getMessage()]
+    assert messages == ["neighborhood attention backend: tiled (cpu, torch.float16)"]
