@@ -222,3 +222,18 @@ def test_instances_keep_only_things_when_panoptic_is_on(reference_model):
     assert set(instances.pred_classes.tolist()) <= things
     assert {0, 1} <= set(instances.pred_classes.tolist())
     assert instances.pred_boxes.tensor.shape == (len(instances), 4)
+
+
+def test_semantic_only_model_postprocesses_after_inference(reference_model, m2f_reference, monkeypatch):
+    """With panoptic and instance off, semantic inference runs at the padded size and is resized after; for
+    the fixture's image (already a multiple of 32, output at its own size) the result is the same."""
+    monkeypatch.setattr(reference_model, "panoptic_on", False)
+    monkeypatch.setattr(reference_model, "instance_on", False)
+    monkeypatch.setattr(reference_model, "sem_seg_postprocess_before_inference", False)
+    image = m2f_reference["image"]
+    with torch.no_grad():
+        result = reference_model([{"image": image}])[0]
+        resized = reference_model([{"image": image[:, :150, :170], "height": 75, "width": 85}])[0]
+    assert sorted(result) == ["sem_seg"]
+    assert _max_err(result["sem_seg"], m2f_reference["sem_seg"]) < LOGIT_TOL
+    assert resized["sem_seg"].shape == (reference_model.sem_seg_head.num_classes, 75, 85)
