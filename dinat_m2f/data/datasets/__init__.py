@@ -2,7 +2,7 @@
 root ($DETECTRON2_DATASETS, default ./datasets); nothing is read until a dataset is loaded."""
 from .paths import DatasetFileMissingError, datasets_root
 from .register_ade20k import add_ade20k_sem_seg_checks, register_ade20k_instance, register_ade20k_panoptic
-from .register_cityscapes import add_cityscapes_path_checks
+from .register_cityscapes import register_cityscapes_instances_and_checks
 from .register_coco import add_coco_instance_path_checks, register_coco_panoptic_with_sem_seg
 from .register_synthetic import ensure_synthetic_files, is_synthetic, register_synthetic
 from .synthetic import SyntheticSpec, generate_synthetic_dataset
@@ -15,7 +15,7 @@ def register_all(root: str) -> None:
     register_ade20k_panoptic(root)
     register_ade20k_instance(root)
     add_ade20k_sem_seg_checks()
-    add_cityscapes_path_checks()
+    register_cityscapes_instances_and_checks()
     register_synthetic(root)
 
 
