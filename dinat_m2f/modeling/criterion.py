@@ -12,6 +12,9 @@ from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_wi
 
 __all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss"]
 
+Targets = List[Dict[str, torch.Tensor]]  # per image: "labels" (M,), "masks" (M, H, W)
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]  # per image: (query indices, target indices)
+
 
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """Dice loss of (N, P) logits against (N, P) targets, summed over masks and divided by num_masks."""
@@ -67,7 +70,7 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
 
-    def loss_labels(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+    def loss_labels(self, outputs: dict, targets: Targets, indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
         src_logits = outputs["pred_logits"].float()
         batch_idx, src_idx = self._src_permutation_idx(indices)
         target_classes = torch.full(
@@ -77,7 +80,7 @@ class SetCriterion(nn.Module):
         loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
         return {"loss_ce": loss_ce}
 
-    def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+    def loss_masks(self, outputs: dict, targets: Targets, indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
         batch_idx, src_idx = self._src_permutation_idx(indices)
         src_masks = outputs["pred_masks"][batch_idx, src_idx].float()[:, None]
         # Targets of one batch share the padded image size (see MaskFormer.prepare_targets).
@@ -95,15 +98,17 @@ class SetCriterion(nn.Module):
         }
 
     @staticmethod
-    def _src_permutation_idx(indices) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _src_permutation_idx(indices: Indices) -> Tuple[torch.Tensor, torch.Tensor]:
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
         src_idx = torch.cat([src for src, _ in indices])
         return batch_idx, src_idx
 
-    def get_loss(self, loss, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+    def get_loss(
+        self, loss: str, outputs: dict, targets: Targets, indices: Indices, num_masks: float
+    ) -> Dict[str, torch.Tensor]:
         return {"labels": self.loss_labels, "masks": self.loss_masks}[loss](outputs, targets, indices, num_masks)
 
-    def forward(self, outputs: dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    def forward(self, outputs: dict, targets: Targets) -> Dict[str, torch.Tensor]:
         """
         Args:
             outputs: the head's output dict (pred_logits, pred_masks, aux_outputs).
