@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Benchmark neighborhood attention: time and peak memory of `na2d` per backend, shape and dtype.
+
+Shapes are the four DiNAT-L stages (kernel 11, head dim 32, the largest dilation of each stage) at an
+--image x --image input, plus the reference layer of the performance issue (200x200 map, 6 heads, d=14).
+A "gather" row is a plain gather implementation (keys/values gathered per query), the usual baseline.
+Each measurement runs in a fresh process so CPU peak memory (max RSS growth) is its own.
+
+    python tools/benchmark_na.py                        # CPU, float32, tiled + gather, 640x640, 2 threads
+    python tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,natten,gather --image 1024
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+
+import torch
+
+DINAT_L_STAGES = [  # (stride, heads, largest dilation for a 640 input, from configs/*/dinat_l.yaml)
+    (4, 6, 14), (8, 12, 7), (16, 24, 3), (32, 48, 1)]
+
+
+def gather_na2d(q, k, v, kernel_size, dilation, rpb, rows_per_chunk=8):
+    """Baseline: gather each query's k x k keys and values, row by row (what a naive port does)."""
+    from dinat_m2f.layers.na_flex import _axis_windows
+
+    height, width = q.shape[2], q.shape[3]
+    rows = _axis_windows(height, kernel_size, dilation).to(q.device)
+    cols = _axis_windows(width, kernel_size, dilation).to(q.device)
+    row_slots = (kernel_size - 1) + (rows - torch.arange(height, device=q.device)[:, None]) // dilation
+    col_slots = (kernel_size - 1) + (cols - torch.arange(width, device=q.device)[:, None]) // dilation
+    outputs = []
+    for start in range(0, height, rows_per_chunk):
+        r = rows[start:start + rows_per_chunk][:, None, :, None]
+        c = cols[None, :, None, :]
+        keys, values = k[:, :, r, c], v[:, :, r, c]
+        logits = torch.einsum("bhijd,bhijacd->bhijac", q[:, :, start:start + rows_per_chunk], keys)
+        if rpb is not None:
+            rs = row_slots[start:start + rows_per_chunk][:, None, :, None]
+            logits = logits + rpb[:, rs, col_slots[None, :, None, :]][None]
+        probs = logits.flatten(-2).float().softmax(-1).to(v.dtype).view_as(logits)
+        outputs.append(torch.einsum("bhijac,bhijacd->bhijd", probs, values))
+    return torch.cat(outputs, dim=2)
+
+
+def _measure(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    from dinat_m2f.layers import na2d
+
+    device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
+    size, heads, dilation, kernel = spec["size"], spec["heads"], spec["dilation"], spec["kernel"]
+    shape = (spec["batch"], heads, size, size, 32)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+    rpb = torch.randn(heads, 2 * kernel - 1, 2 * kernel - 1, device=device, dtype=dtype) if spec["rpb"] else None
+
+    def forward():
+        if spec["backend"] == "gather":
+            return gather_na2d(q, k, v, kernel, dilation, rpb)
+        return na2d(q, k, v, kernel, dilation, rpb, backend=spec["backend"])
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn) -> float:
+        fn()
+        sync()
+        best = float("inf")
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def rss_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    result = dict(spec)
+    base = rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    try:
+        with torch.no_grad():
+            result["forward_s"] = timed(forward)
+        leaves = [t.requires_grad_(True) for t in (q, k, v) + ((rpb,) if rpb is not None else ())]
+        grad = torch.randn(shape, device=device, dtype=dtype)
+
+        def forward_backward():
+            torch.autograd.grad(forward(), leaves, grad)
+
+        result["train_s"] = timed(forward_backward)
+    except (RuntimeError, ValueError) as error:  # out of memory, unsupported backend
+        result["error"] = str(error).splitlines()[0][:60]
+    if device.type == "cuda":
+        result["peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+    else:
+        result["peak_mb"] = rss_mb() - base
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", default="float32")
+    parser.add_argument("--backends", default="tiled,gather")
+    parser.add_argument("--image", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-rpb", action="store_true", help="without RPB (what NATTEN's fused kernels support)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+
+    specs = []
+    rows = [(args.image // stride, heads, dilation) for stride, heads, dilation in DINAT_L_STAGES]
+    rows.append((200, 6, 14))  # the reference layer of the performance issue
+    for size, heads, dilation in rows:
+        for dtype in args.dtypes.split(","):
+            for backend in args.backends.split(","):
+                specs.append(dict(device=args.device, dtype=dtype, backend=backend, size=size, heads=heads,
+                                  dilation=min(dilation, size // 11), kernel=11, batch=args.batch,
+                                  rpb=not args.no_rpb, threads=args.threads, repeats=args.repeats))
+    context = mp.get_context("spawn")
+    results = []
+    for spec in specs:
+        with context.Pool(1) as pool:
+            results.append(pool.apply(_measure, (spec,)))
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    print(f"na2d, kernel 11, head dim 32, batch {args.batch}, rpb {not args.no_rpb}, torch {torch.__version__}, "
+          f"{args.device} ({device_name}), {args.threads} CPU threads")
+    header = f"| map | heads | dilation | dtype | backend | forward ms | fwd+bwd ms | peak MB | vs natten |"
+    print(header)
+    print("|" + "---|" * 9)
+    natten = {(r["size"], r["dtype"]): r.get("forward_s") for r in results if r["backend"] == "natten"}
+    for r in results:
+        fwd = r.get("forward_s")
+        ratio = natten.get((r["size"], r["dtype"]))
+        ratio_text = f"{fwd / ratio:.2f}x" if fwd and ratio else "-"
+        if "error" in r:
+            print(f"| {r['size']}x{r['size']} | {r['heads']} | {r['dilation']} | {r['dtype']} | {r['backend']} | "
+                  f"{r['error']} | | | |")
+            continue
+        print(f"| {r['size']}x{r['size']} | {r['heads']} | {r['dilation']} | {r['dtype']} | {r['backend']} | "
+              f"{fwd * 1e3:.1f} | {r['train_s'] * 1e3:.1f} | {r['peak_mb']:.0f} | {ratio_text} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
