@@ -118,14 +118,17 @@ def panoptic_to_semantic(pan_ids: np.ndarray, segments_info: List[Dict], ignore_
 
 def ignore_label_of(cfg: CfgNode) -> int:
     """The training set's ignore label (metadata), else MODEL.SEM_SEG_HEAD.IGNORE_VALUE."""
-    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
-    return meta.get("ignore_label", cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE) if meta else cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+    default = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+    if not cfg.DATASETS.TRAIN:
+        return default
+    return MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", default)
 
 
 def _flip(cfg: CfgNode) -> List[T.Augmentation]:
     if cfg.INPUT.RANDOM_FLIP == "none":
         return []
-    return [T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical")]
+    direction = cfg.INPUT.RANDOM_FLIP
+    return [T.RandomFlip(horizontal=direction == "horizontal", vertical=direction == "vertical")]
 
 
 def mask_former_augmentations(cfg: CfgNode, category_area_crop: bool) -> List[T.Augmentation]:
@@ -155,7 +158,7 @@ def lsj_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
     """Large-scale jitter: flip, resize to a random scale of IMAGE_SIZE, fixed-size crop/pad."""
     size = cfg.INPUT.IMAGE_SIZE
     return _flip(cfg) + [
-        T.ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE, target_height=size, target_width=size),
+        T.ResizeScale(cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE, target_height=size, target_width=size),
         T.FixedSizeCrop(crop_size=(size, size), pad_value=IMAGE_PAD_VALUE),
     ]
 

@@ -45,6 +45,7 @@ SYNTHETIC_CATEGORIES: List[Dict] = [
 # Contiguous ids: position in SYNTHETIC_CATEGORIES (things first, as in COCO's panoptic list).
 CONTIGUOUS_ID = {c["id"]: i for i, c in enumerate(SYNTHETIC_CATEGORIES)}
 _THINGS = [c for c in SYNTHETIC_CATEGORIES if c["isthing"]]
+_THING_IDS = {c["id"] for c in _THINGS}
 _SKY, _GRASS = (c for c in SYNTHETIC_CATEGORIES if not c["isthing"])
 IGNORE_LABEL = 255
 LABEL_DIVISOR = 1000  # panoptic segment id = category_id * LABEL_DIVISOR + instance number
@@ -239,7 +240,7 @@ def _write_split(directory: str, split: str, spec: SyntheticSpec) -> None:
             {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info}
         )
         for segment in segments_info:
-            if segment["category_id"] not in (c["id"] for c in _THINGS):
+            if segment["category_id"] not in _THING_IDS:
                 continue
             rle = mask_util.encode(np.asfortranarray((panoptic == segment["id"]).astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
