@@ -2,6 +2,7 @@
 meta-architecture, datasets and dataset mappers with detectron2's registries."""
 from .config import add_dinat_config, add_maskformer2_config, get_project_cfg
 from . import layers, modeling  # noqa: F401  (registers D2DiNAT, the head and both decoders)
+from . import data  # noqa: F401  (registers the datasets and mappers)
 from .maskformer_model import MaskFormer  # noqa: F401  (registers the meta-architecture)
 
 __all__ = ["add_dinat_config", "add_maskformer2_config", "get_project_cfg", "MaskFormer"]

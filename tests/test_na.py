@@ -241,3 +241,13 @@ def test_attention_dropout_only_while_training():
     assert not torch.allclose(train_out, eval_out)
     train_out.sum().backward()
     assert torch.isfinite(x.grad).all() and module.rpb.grad is not None
+
+
+def test_module_traces_as_one_op():
+    # fvcore and exporters trace the model: neighborhood attention must appear as a single traced node.
+    module = NeighborhoodAttention2D(16, 2, 3, dilation=2).eval()
+    x = torch.randn(1, 10, 11, 16)
+    traced = torch.jit.trace(module, x, check_trace=False)
+    kinds = [node.kind() for node in traced.inlined_graph.nodes()]
+    assert kinds.count("prim::PythonOp") == 1
+    torch.testing.assert_close(traced(x), module(x))

@@ -72,7 +72,10 @@ class _TiledNeighborhoodAttention(torch.autograd.Function):
     """softmax(q k^T + rpb) v on flat (B*heads, H*W, D) tensors, with a recomputing backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, rpb, plan: Plan2D, batch: int, heads: int, kernel_size: int):
+    def forward(ctx, q, k, v, rpb, batch: int, heads: int, height: int, width: int, kernel_size: int,
+                dilation: int):
+        # Only tensors and ints cross the Function boundary (so jit tracing records it as one op).
+        plan = plan_2d(height, width, kernel_size, dilation, q.device)
         (th, tw), (rh, rw) = plan.tile, plan.region
         dim = q.shape[-1]
         score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
@@ -137,7 +140,7 @@ class _TiledNeighborhoodAttention(torch.autograd.Function):
         if need_rpb:
             grad_rpb = grad_rpb.view(rpb.shape).to(rpb.dtype)
         return (grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_rpb,
-                None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def _na2d_with_dropout(q, k, v, rpb, plan: Plan2D, batch: int, heads: int, dropout_p: float) -> torch.Tensor:
@@ -161,10 +164,12 @@ def na2d_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: i
                rpb: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
     """Neighborhood attention by dense tiles; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
-    plan = plan_2d(height, width, kernel_size, dilation, q.device)
     q, k, v = (t.reshape(batch * heads, height * width, dim) for t in (q, k, v))
     if dropout_p > 0.0:
+        plan = plan_2d(height, width, kernel_size, dilation, q.device)
         out = _na2d_with_dropout(q, k, v, rpb, plan, batch, heads, dropout_p)
     else:
-        out = _TiledNeighborhoodAttention.apply(q, k, v, rpb, plan, batch, heads, kernel_size)
+        # Plain ints: under jit tracing, sizes read from q.shape are traced values a PythonOp cannot take.
+        sizes = (int(batch), int(heads), int(height), int(width), int(kernel_size), int(dilation))
+        out = _TiledNeighborhoodAttention.apply(q, k, v, rpb, *sizes)
     return out.view(batch, heads, height, width, dim)
