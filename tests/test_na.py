@@ -243,6 +243,7 @@ def test_attention_dropout_only_while_training():
     assert torch.isfinite(x.grad).all() and module.rpb.grad is not None
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_module_traces_as_one_op():
     # fvcore and exporters trace the model: neighborhood attention must appear as a single traced node.
     module = NeighborhoodAttention2D(16, 2, 3, dilation=2).eval()

@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from dinat_m2f.layers import na2d, na_backend, select_backend
+from dinat_m2f.layers import na2d, na_backend, neighborhood_attention, select_backend
 from dinat_m2f.layers.na_natten import natten_na2d
 
 from test_na import brute_force_na2d
@@ -88,7 +88,8 @@ def test_unusable_forced_backends_are_clear_errors():
         na2d(q, k, v, kernel, dilation, rpb, backend="natten")
 
 
-def test_choice_is_logged_once(caplog):
+def test_choice_is_logged_once(caplog, monkeypatch):
+    monkeypatch.setattr(neighborhood_attention, "_logged_choices", set())  # forget earlier tests' choices
     q, k, v, kernel, dilation, rpb = _case(dtype=torch.float16)
     with caplog.at_level(logging.INFO, logger="dinat_m2f.layers.neighborhood_attention"):
         na2d(q, k, v, kernel, dilation, rpb)
