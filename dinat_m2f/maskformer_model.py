@@ -1,7 +1,7 @@
 """The MaskFormer meta-architecture of Mask2Former: backbone + MaskFormerHead, trained with a Hungarian
 set criterion, with semantic, panoptic and instance inference."""
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F

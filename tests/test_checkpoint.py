@@ -1,5 +1,4 @@
 """SafeDetectionCheckpointer: the formats it reads, what it refuses, and detectron2's semantics it keeps."""
-import logging
 import os
 import pickle
 
@@ -13,6 +12,7 @@ from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import CosineParamScheduler
 
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
+from log_capture import RecordLogs
 
 
 class TinyDetector(nn.Module):
@@ -39,25 +39,6 @@ def assert_state_equal(model: nn.Module, state: dict) -> None:
     assert loaded.keys() == state.keys()
     for k, v in state.items():
         assert torch.equal(loaded[k], torch.as_tensor(v)), k
-
-
-class RecordLogs(logging.Handler):
-    """Collects the checkpointer's messages (detectron2's logger setup may stop propagation to caplog)."""
-
-    def __init__(self, logger: logging.Logger):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-        self.logger = logger
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
 
 
 class WritesFileWhenUnpickled:

@@ -5,7 +5,6 @@ detectron2's {"model": state_dict, ...} .pth (torch.save), a detectron2 model-zo
 and a plain .safetensors state_dict. Each loads like `train_net.py --eval-only MODEL.WEIGHTS <file>` does,
 and the model's outputs stay those of the fixture.
 """
-import logging
 import pickle
 
 import pytest
@@ -19,6 +18,7 @@ from safetensors.torch import save_file
 import dinat_m2f  # noqa: F401  (registers the model)
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.config import get_project_cfg
+from log_capture import RecordLogs
 
 DATASET = "released_checkpoint_fixture"
 
@@ -43,22 +43,6 @@ def write_released_format(path, state_dict: dict) -> None:
             pickle.dump({"model": {k: v.numpy() for k, v in state_dict.items()}, "__author__": "SHI-Labs"}, f)
     else:
         save_file(state_dict, str(path))
-
-
-class RecordLogs(logging.Handler):
-    def __init__(self, logger: logging.Logger):
-        super().__init__(logging.DEBUG)
-        self.logger, self.messages = logger, []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
 
 
 @pytest.mark.parametrize("name", [

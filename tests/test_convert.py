@@ -14,6 +14,7 @@ from torch import nn
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.config import get_project_cfg
 from dinat_m2f.modeling.backbone.dinat import D2DiNAT, DiNAT
+from log_capture import RecordLogs
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert-pretrained-dinat-model-to-d2.py"
 _spec = importlib.util.spec_from_file_location("convert_dinat", TOOL)
@@ -50,22 +51,6 @@ class WithBackbone(nn.Module):
         cfg.MODEL.DINAT.KERNEL_SIZE, cfg.MODEL.DINAT.DILATIONS = kernel_size, DILATIONS
         cfg.MODEL.DINAT.DROP_PATH_RATE = 0.0
         self.backbone = D2DiNAT(cfg, ShapeSpec(channels=3))
-
-
-class RecordLogs(logging.Handler):
-    def __init__(self, logger: logging.Logger):
-        super().__init__(logging.DEBUG)
-        self.logger, self.messages = logger, []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
 
 
 def load_into_backbone(weights: Path, kernel_size: int):

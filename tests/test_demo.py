@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "demo"))
 import demo  # noqa: E402
 from predictor import Predictor  # noqa: E402
+from log_capture import RecordLogs
 
 # pycocotools' decode warns under numpy 2 (its own __array__ call); not this project's concern
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -38,22 +39,6 @@ CONFIG = ROOT / "configs" / "synthetic" / "panoptic" / "dinat_mini.yaml"
 DATASET = "demo_test_panoptic"
 THING_IDS = {11: 0, 12: 1, 13: 2}
 STUFF_IDS = {11: 0, 12: 1, 13: 2, 21: 3, 22: 4}
-
-
-class RecordLogs(logging.Handler):
-    def __init__(self, logger: logging.Logger):
-        super().__init__(logging.DEBUG)
-        self.logger, self.messages = logger, []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
 
 
 def register_metadata() -> None:

@@ -23,8 +23,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import dinat_m2f  # noqa: E402,F401  (registers the model)
-import dinat_m2f.data  # noqa: E402,F401  (registers the datasets the configs name)
+import dinat_m2f  # noqa: E402,F401  (registers the model and the datasets)
 from dinat_m2f.config import get_project_cfg  # noqa: E402
 
 

@@ -135,7 +135,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     print(f"na2d, kernel 11, head dim 32, batch {args.batch}, rpb {not args.no_rpb}, torch {torch.__version__}, "
           f"{args.device} ({device_name}), {args.threads} CPU threads")
-    header = f"| map | heads | dilation | dtype | backend | forward ms | fwd+bwd ms | peak MB | vs natten |"
+    header = "| map | heads | dilation | dtype | backend | forward ms | fwd+bwd ms | peak MB | vs natten |"
     print(header)
     print("|" + "---|" * 9)
     natten = {(r["size"], r["dtype"]): r.get("forward_s") for r in results if r["backend"] == "natten"}
