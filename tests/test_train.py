@@ -103,11 +103,13 @@ def test_train_checkpoint_resume_and_eval_only(tmp_path, datasets_root):
     _, log = run_train_net(
         datasets_root, "--eval-only", *TINY, "MODEL.WEIGHTS", str(out / "model_final.pth"),
         "DATASETS.TEST", "('synthetic_val_panoptic',)", "OUTPUT_DIR", str(eval_dir),
+        "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(48, 64)", "TEST.AUG.MAX_SIZE", "128",
     )
     assert "Evaluation results for synthetic_val_panoptic" in log
-    for metric in ("PQ", "SQ", "RQ"):
-        assert metric in log
-    assert "copypaste: PQ" in log
+    for header in ("copypaste: PQ,SQ,RQ", "copypaste: AP,AP50", "copypaste: mIoU"):
+        assert header in log
+    # Semantic test-time augmentation ran too and reported its own mIoU.
+    assert "Results with test-time augmentation: {'sem_seg_TTA': {'mIoU'" in log
 
 
 def test_two_cpu_processes_over_gloo(tmp_path, datasets_root):
