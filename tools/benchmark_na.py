@@ -140,15 +140,13 @@ def main() -> None:
     print("|" + "---|" * 9)
     natten = {(r["size"], r["dtype"]): r.get("forward_s") for r in results if r["backend"] == "natten"}
     for r in results:
-        fwd = r.get("forward_s")
+        fwd, train = r.get("forward_s"), r.get("train_s")
         ratio = natten.get((r["size"], r["dtype"]))
-        ratio_text = f"{fwd / ratio:.2f}x" if fwd and ratio else "-"
-        if "error" in r:
-            print(f"| {r['size']}x{r['size']} | {r['heads']} | {r['dilation']} | {r['dtype']} | {r['backend']} | "
-                  f"{r['error']} | | | |")
-            continue
-        print(f"| {r['size']}x{r['size']} | {r['heads']} | {r['dilation']} | {r['dtype']} | {r['backend']} | "
-              f"{fwd * 1e3:.1f} | {r['train_s'] * 1e3:.1f} | {r['peak_mb']:.0f} | {ratio_text} |")
+        cells = [f"{r['size']}x{r['size']}", str(r["heads"]), str(r["dilation"]), r["dtype"], r["backend"],
+                 f"{fwd * 1e3:.1f}" if fwd else r.get("error", "-"),
+                 f"{train * 1e3:.1f}" if train else r.get("error", "-"),
+                 f"{r['peak_mb']:.0f}", f"{fwd / ratio:.2f}x" if fwd and ratio else "-"]
+        print("| " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
