@@ -116,7 +116,7 @@ class Trainer(DefaultTrainer):
         ]
         results = cls.test(cfg, SemanticSegmentorWithTTA(cfg, model), evaluators)
         results = OrderedDict((name + "_TTA", value) for name, value in results.items())
-        logger.info("Results with test-time augmentation: %s", dict(results))
+        logger.info("Results with test-time augmentation are reported under %s", list(results))
         return results
 
 
