@@ -164,7 +164,8 @@ def na2d_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: i
                rpb: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
     """Neighborhood attention by dense tiles; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
-    q, k, v = (t.reshape(batch * heads, height * width, dim) for t in (q, k, v))
+    # Contiguous once here: index_select on a strided view would copy the whole tensor at every chunk.
+    q, k, v = (t.reshape(batch * heads, height * width, dim).contiguous() for t in (q, k, v))
     if dropout_p > 0.0:
         plan = plan_2d(height, width, kernel_size, dilation, q.device)
         out = _na2d_with_dropout(q, k, v, rpb, plan, batch, heads, dropout_p)
