@@ -59,11 +59,11 @@ def default_tile(group_len: int, kernel_size: int) -> int:
     """Queries per tile: a whole group when it is short, else about half a window.
 
     Cost per query is region^2 = (tile + k - 1)^2 key scores; small tiles waste fewer scores, large tiles
-    make larger matrix products. Half a window is a good balance on CPU and GPU.
+    make larger matrix products. About half a window measured best on CPU (tools/benchmark_na.py).
     """
     if group_len <= 2 * kernel_size - 1:
         return group_len
-    return kernel_size // 2 + 1
+    return max(kernel_size // 2, 4)
 
 
 @functools.lru_cache(maxsize=256)

@@ -7,11 +7,12 @@ window, -inf outside) is shared by all tiles of the pair.
 
 Tiles are processed in small chunks so the scores stay in cache between the products, the bias add and the
 softmax; memory is O(chunk), never (H*W)^2. The backward pass recomputes each chunk's probabilities
-(flash-attention style) and accumulates the gradients of q, k, v and rpb into one buffer each.
+(flash-attention style) and accumulates the gradients of q, k, v and rpb into one buffer each. Forward and
+backward are torch custom ops (dinat_m2f::na2d_tiled and dinat_m2f::na2d_tiled_backward).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,79 +69,102 @@ def _probabilities(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.T
     return torch.softmax(scores, dim=-1)
 
 
-class _TiledNeighborhoodAttention(torch.autograd.Function):
-    """softmax(q k^T + rpb) v on flat (B*heads, H*W, D) tensors, with a recomputing backward."""
+@torch.library.custom_op("dinat_m2f::na2d_tiled", mutates_args=())
+def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], batch: int,
+                heads: int, height: int, width: int, kernel_size: int, dilation: int) -> torch.Tensor:
+    """softmax(q k^T + rpb) v on flat (B*heads, H*W, D) tensors. A custom op, so that jit tracing, fvcore and
+    torch.compile see one node instead of the per-chunk loop (which would unroll and break graphs)."""
+    plan = plan_2d(height, width, kernel_size, dilation, q.device)
+    (th, tw), (rh, rw) = plan.tile, plan.region
+    dim = q.shape[-1]
+    score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
+    biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
+    # One buffer for all chunks' outputs: no long-lived small allocations between the transient
+    # score buffers, which would fragment the heap and keep it from being reused.
+    slots = q.new_empty((batch * heads, plan.num_slots, dim))
+    offset = 0
+    for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
+        q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
+        k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+        v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+        probs = _probabilities(q_blocks, k_blocks, biases[number])
+        slots[:, offset: offset + n * th * tw].view(batch, heads, n, th * tw, dim).copy_(
+            torch.matmul(probs.to(v.dtype), v_blocks))
+        offset += n * th * tw
+    return slots.index_select(1, plan.output_index)
 
-    @staticmethod
-    def forward(ctx, q, k, v, rpb, batch: int, heads: int, height: int, width: int, kernel_size: int,
-                dilation: int):
-        # Only tensors and ints cross the Function boundary (so jit tracing records it as one op).
-        plan = plan_2d(height, width, kernel_size, dilation, q.device)
-        (th, tw), (rh, rw) = plan.tile, plan.region
-        dim = q.shape[-1]
-        score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
-        biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
-        # One buffer for all chunks' outputs: no long-lived small allocations between the transient
-        # score buffers, which would fragment the heap and keep it from being reused.
-        slots = q.new_empty((batch * heads, plan.num_slots, dim))
-        offset = 0
-        for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
-            q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
-            k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
-            v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
-            probs = _probabilities(q_blocks, k_blocks, biases[number])
-            slots[:, offset: offset + n * th * tw].view(batch, heads, n, th * tw, dim).copy_(
-                torch.matmul(probs.to(v.dtype), v_blocks))
-            offset += n * th * tw
-        out = slots.index_select(1, plan.output_index)
-        ctx.save_for_backward(q, k, v, rpb, out)
-        ctx.plan, ctx.batch, ctx.heads, ctx.kernel_size = plan, batch, heads, kernel_size
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, rpb, out = ctx.saved_tensors
-        plan, batch, heads, kernel_size = ctx.plan, ctx.batch, ctx.heads, ctx.kernel_size
-        (th, tw), (rh, rw) = plan.tile, plan.region
-        dim = q.shape[-1]
-        work_dtype = torch.float32 if q.dtype in _HALF else q.dtype
-        grad_out = grad_out.contiguous()
-        # delta_i = sum_e dO_ie O_ie = sum_j P_ij dP_ij, the softmax backward's row term.
-        delta = (grad_out.to(work_dtype) * out.to(work_dtype)).sum(-1, keepdim=True)
-        grad_q = torch.zeros(q.shape, dtype=work_dtype, device=q.device)
-        grad_k = torch.zeros_like(grad_q)
-        grad_v = torch.zeros_like(grad_q)
-        need_rpb = rpb is not None and ctx.needs_input_grad[3]
-        grad_rpb = torch.zeros((heads, (2 * kernel_size - 1) ** 2), dtype=work_dtype, device=q.device) \
-            if need_rpb else None
-        biases = [pair_bias(rpb, pair, work_dtype)[None, :, None] for pair in plan.pairs]
-        slot_indices = [_rpb_slot_index(pair, kernel_size) for pair in plan.pairs] if need_rpb else None
+@_forward_op.register_fake
+def _(q, k, v, rpb, batch, heads, height, width, kernel_size, dilation):
+    return torch.empty_like(q)
 
-        for number, _, n, q_index, k_index, valid in _chunks(plan, batch, heads):
-            q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
-            k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
-            v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
-            probs = _probabilities(q_blocks, k_blocks, biases[number])
-            # Slots that repeat a query past its group's end must not count twice: zero their upstream grad.
-            keep = valid.view(1, 1, n, th * tw, 1).to(work_dtype)
-            grad_o = grad_out.index_select(1, q_index).view(batch, heads, n, th * tw, dim).to(work_dtype) * keep
-            row_delta = delta.index_select(1, q_index).view(batch, heads, n, th * tw, 1) * keep
-            grad_v.index_add_(1, k_index, torch.matmul(probs.transpose(-1, -2), grad_o)
-                              .reshape(batch * heads, n * rh * rw, dim))
-            grad_p = torch.matmul(grad_o, v_blocks.to(work_dtype).transpose(-1, -2))
-            grad_s = probs.mul_(grad_p.sub_(row_delta))  # dS = P * (dP - delta), written over P
-            grad_q.index_add_(1, q_index, torch.matmul(grad_s, k_blocks.to(work_dtype))
-                              .reshape(batch * heads, n * th * tw, dim))
-            grad_k.index_add_(1, k_index, torch.matmul(grad_s.transpose(-1, -2), q_blocks.to(work_dtype))
-                              .reshape(batch * heads, n * rh * rw, dim))
-            if need_rpb:
-                grad_rpb.index_add_(1, slot_indices[number], grad_s.sum(dim=(0, 2)).reshape(heads, -1))
 
+@torch.library.custom_op("dinat_m2f::na2d_tiled_backward", mutates_args=())
+def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 rpb: Optional[torch.Tensor], out: torch.Tensor, batch: int, heads: int, height: int, width: int,
+                 kernel_size: int, dilation: int, need_rpb: bool) -> List[torch.Tensor]:
+    """Gradients of q, k, v and rpb (an empty tensor when not needed), recomputing each chunk's probabilities."""
+    plan = plan_2d(height, width, kernel_size, dilation, q.device)
+    (th, tw), (rh, rw) = plan.tile, plan.region
+    dim = q.shape[-1]
+    work_dtype = torch.float32 if q.dtype in _HALF else q.dtype
+    grad_out = grad_out.contiguous()
+    # delta_i = sum_e dO_ie O_ie = sum_j P_ij dP_ij, the softmax backward's row term.
+    delta = (grad_out.to(work_dtype) * out.to(work_dtype)).sum(-1, keepdim=True)
+    grad_q = torch.zeros(q.shape, dtype=work_dtype, device=q.device)
+    grad_k = torch.zeros_like(grad_q)
+    grad_v = torch.zeros_like(grad_q)
+    need_rpb = need_rpb and rpb is not None
+    grad_rpb = torch.zeros((heads, (2 * kernel_size - 1) ** 2), dtype=work_dtype, device=q.device)
+    biases = [pair_bias(rpb, pair, work_dtype)[None, :, None] for pair in plan.pairs]
+    slot_indices = [_rpb_slot_index(pair, kernel_size) for pair in plan.pairs] if need_rpb else None
+
+    for number, _, n, q_index, k_index, valid in _chunks(plan, batch, heads):
+        q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
+        k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+        v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+        probs = _probabilities(q_blocks, k_blocks, biases[number])
+        # Slots that repeat a query past its group's end must not count twice: zero their upstream grad.
+        keep = valid.view(1, 1, n, th * tw, 1).to(work_dtype)
+        grad_o = grad_out.index_select(1, q_index).view(batch, heads, n, th * tw, dim).to(work_dtype) * keep
+        row_delta = delta.index_select(1, q_index).view(batch, heads, n, th * tw, 1) * keep
+        grad_v.index_add_(1, k_index, torch.matmul(probs.transpose(-1, -2), grad_o)
+                          .reshape(batch * heads, n * rh * rw, dim))
+        grad_p = torch.matmul(grad_o, v_blocks.to(work_dtype).transpose(-1, -2))
+        grad_s = probs.mul_(grad_p.sub_(row_delta))  # dS = P * (dP - delta), written over P
+        grad_q.index_add_(1, q_index, torch.matmul(grad_s, k_blocks.to(work_dtype))
+                          .reshape(batch * heads, n * th * tw, dim))
+        grad_k.index_add_(1, k_index, torch.matmul(grad_s.transpose(-1, -2), q_blocks.to(work_dtype))
+                          .reshape(batch * heads, n * rh * rw, dim))
         if need_rpb:
-            grad_rpb = grad_rpb.view(rpb.shape).to(rpb.dtype)
-        return (grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_rpb,
-                None, None, None, None, None, None)
+            grad_rpb.index_add_(1, slot_indices[number], grad_s.sum(dim=(0, 2)).reshape(heads, -1))
+
+    grad_rpb = grad_rpb.view(heads, 2 * kernel_size - 1, 2 * kernel_size - 1).to(
+        rpb.dtype if rpb is not None else q.dtype)
+    return [grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_rpb]
+
+
+@_backward_op.register_fake
+def _(grad_out, q, k, v, rpb, out, batch, heads, height, width, kernel_size, dilation, need_rpb):
+    side = 2 * kernel_size - 1
+    grad_rpb = q.new_empty((heads, side, side), dtype=rpb.dtype if rpb is not None else q.dtype)
+    return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_rpb]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, rpb, *sizes = inputs
+    ctx.save_for_backward(q, k, v, rpb, output)
+    ctx.sizes = sizes
+
+
+def _backward(ctx, grad_out):
+    q, k, v, rpb, out = ctx.saved_tensors
+    need_rpb = rpb is not None and ctx.needs_input_grad[3]
+    grad_q, grad_k, grad_v, grad_rpb = _backward_op(grad_out, q, k, v, rpb, out, *ctx.sizes, need_rpb)
+    return grad_q, grad_k, grad_v, grad_rpb if need_rpb else None, None, None, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _na2d_with_dropout(q, k, v, rpb, plan: Plan2D, batch: int, heads: int, dropout_p: float) -> torch.Tensor:
@@ -170,7 +194,5 @@ def na2d_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: i
         plan = plan_2d(height, width, kernel_size, dilation, q.device)
         out = _na2d_with_dropout(q, k, v, rpb, plan, batch, heads, dropout_p)
     else:
-        # Plain ints: under jit tracing, sizes read from q.shape are traced values a PythonOp cannot take.
-        sizes = (int(batch), int(heads), int(height), int(width), int(kernel_size), int(dilation))
-        out = _TiledNeighborhoodAttention.apply(q, k, v, rpb, *sizes)
+        out = _forward_op(q, k, v, rpb, batch, heads, height, width, kernel_size, dilation)
     return out.view(batch, heads, height, width, dim)

@@ -63,7 +63,7 @@ def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, 
     elif name == "flex" and (dropout_p > 0.0 or (needs_grad and q.device.type == "cpu")):
         raise ValueError("backend 'flex' has no attention dropout, and no backward on CPU: use 'tiled'")
     choice = (name, q.device.type, q.dtype)
-    if choice not in _logged_choices:
+    if choice not in _logged_choices and not torch.compiler.is_compiling():  # logging would break the graph
         _logged_choices.add(choice)
         logger.info("neighborhood attention backend: %s (%s, %s)", name, q.device.type, q.dtype)
     return name
