@@ -4,7 +4,6 @@ from typing import Dict
 
 import numpy as np
 import torch
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from panopticapi.utils import rgb2id
 
@@ -14,7 +13,7 @@ from .mapper_utils import (
     image_to_tensor,
     instances_from_masks,
     padding_mask_after,
-    read_image_file,
+    read_image_with_panoptic,
 )
 
 
@@ -24,15 +23,7 @@ class COCOPanopticLSJDatasetMapper(COCOInstanceLSJDatasetMapper):
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_file(dataset_dict["file_name"], self.image_format)
-        utils.check_image_size(dataset_dict, image)
-        if "pan_seg_file_name" not in dataset_dict:
-            raise ValueError(
-                f"{dataset_dict['file_name']}: the dataset dict has no 'pan_seg_file_name', "
-                "which the coco_panoptic_lsj mapper needs"
-            )
-        pan_seg = read_image_file(dataset_dict.pop("pan_seg_file_name"), "RGB")
-        segments_info = dataset_dict.pop("segments_info")
+        image, pan_seg, segments_info = read_image_with_panoptic(dataset_dict, self.image_format, "coco_panoptic_lsj")
         dataset_dict.pop("sem_seg_file_name", None)
 
         aug_input = T.AugInput(image)

@@ -167,3 +167,26 @@ def padding_mask_after(transforms: T.TransformList, image_hw: Sequence[int]) -> 
     """(H, W) bool tensor, True on pixels that the transforms added as padding."""
     ones = np.ones(tuple(image_hw), dtype=np.uint8)
     return torch.as_tensor(transforms.apply_segmentation(ones) != 1)
+
+
+def read_image_with_instance_masks(dataset_dict: Dict, image_format) -> tuple:
+    """(image, non-crowd annotations, their masks) of a dataset dict with COCO "annotations"; the masks
+    are rasterized (polygons) or decoded (RLE) at the original size, to follow the image's transforms."""
+    image = read_image_file(dataset_dict["file_name"], image_format)
+    utils.check_image_size(dataset_dict, image)
+    annotations = [ann for ann in dataset_dict.pop("annotations", []) if not ann.get("iscrowd", 0)]
+    return image, annotations, annotation_masks(annotations, *image.shape[:2])
+
+
+def read_image_with_panoptic(dataset_dict: Dict, image_format, mapper_name: str) -> tuple:
+    """(image, RGB panoptic PNG, segments_info) of a COCO panoptic dataset dict."""
+    image = read_image_file(dataset_dict["file_name"], image_format)
+    utils.check_image_size(dataset_dict, image)
+    if "pan_seg_file_name" not in dataset_dict:
+        raise ValueError(
+            f"{dataset_dict['file_name']}: the dataset dict has no 'pan_seg_file_name', "
+            f"which the {mapper_name} mapper needs"
+        )
+    pan_seg = read_image_file(dataset_dict.pop("pan_seg_file_name"), "RGB")
+    return image, pan_seg, dataset_dict.pop("segments_info")
+

@@ -3,17 +3,15 @@ import copy
 from typing import Dict, List
 
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .mapper_utils import (
     IMAGE_PAD_VALUE,
-    annotation_masks,
     image_to_tensor,
     instances_from_masks,
     mask_former_augmentations,
     pad_to_divisibility,
-    read_image_file,
+    read_image_with_instance_masks,
     transform_mask,
 )
 
@@ -43,11 +41,7 @@ class MaskFormerInstanceDatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_file(dataset_dict["file_name"], self.image_format)
-        utils.check_image_size(dataset_dict, image)
-        annotations = [ann for ann in dataset_dict.pop("annotations", []) if not ann.get("iscrowd", 0)]
-        # rasterize polygons / decode RLE at the original size; masks then follow the image's transforms
-        masks = annotation_masks(annotations, *image.shape[:2])
+        image, annotations, masks = read_image_with_instance_masks(dataset_dict, self.image_format)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
