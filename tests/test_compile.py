@@ -29,3 +29,13 @@ def test_compiled_model_gives_the_same_outputs():
         compiled = torch.compile(model, backend="eager")(image)[0]
     torch.testing.assert_close(compiled["sem_seg"], expected["sem_seg"])
     assert torch.equal(compiled["panoptic_seg"][0], expected["panoptic_seg"][0])
+
+
+def test_flex_backend_has_no_graph_break():
+    from dinat_m2f.layers import na2d
+
+    q, k, v = (torch.randn(1, 2, 12, 13, 16) for _ in range(3))
+    rpb = torch.randn(2, 5, 5)
+    with torch.no_grad():  # FlexAttention has no backward on CPU
+        explanation = torch._dynamo.explain(lambda *t: na2d(*t[:3], 3, 2, t[3], backend="flex"))(q, k, v, rpb)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
