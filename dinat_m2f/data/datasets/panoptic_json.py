@@ -1,9 +1,11 @@
 """Loader for COCO-format panoptic annotations (PNG + JSON) with semantic labels beside them."""
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .paths import DatasetFileMissingError
+from detectron2.data import MetadataCatalog
+
+from .paths import DatasetFileMissingError, register_checked
 
 
 def _to_contiguous(segment: Dict, meta: Dict, json_file: str) -> Dict:
@@ -60,3 +62,27 @@ def load_panoptic_json(
         if key in first and not os.path.isfile(first[key]):
             raise DatasetFileMissingError(f"{first[key]} (listed in {json_file}) does not exist")
     return dataset_dicts
+
+
+def register_panoptic_with_sem_seg(name: str, meta: Dict, image_root: str, panoptic_root: str, panoptic_json: str,
+                                   sem_seg_root: str, instances_json: str, evaluator_type: str,
+                                   required: Sequence[Tuple[str, str]]) -> None:
+    """Register a COCO-format panoptic dataset with semantic labels (Mask2Former's "*_panoptic_with_sem_seg"
+    layout), checking `required` (path, remedy) pairs when it is first loaded."""
+    register_checked(
+        name,
+        lambda: load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root, meta),
+        required,
+    )
+    MetadataCatalog.get(name).set(
+        image_root=image_root,
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
+        sem_seg_root=sem_seg_root,
+        json_file=instances_json,
+        evaluator_type=evaluator_type,
+        ignore_label=255,
+        label_divisor=1000,
+        **meta,
+    )
+

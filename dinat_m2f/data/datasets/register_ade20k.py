@@ -7,7 +7,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
 from .ade20k_categories import ADE20K_150_COLORS, ade20k_instance_metadata, ade20k_panoptic_metadata
-from .panoptic_json import load_panoptic_json
+from .panoptic_json import register_panoptic_with_sem_seg
 from .paths import add_path_check, register_checked
 
 _ADE_ZIP = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
@@ -47,29 +47,15 @@ def register_ade20k_panoptic(root: str) -> None:
         panoptic_json = os.path.join(ade, f"ade20k_panoptic_{split}.json")
         sem_seg_root = os.path.join(ade, "annotations_detectron2", folder)
         instances_json = os.path.join(ade, f"ade20k_instance_{split}.json")
-        name = f"ade20k_panoptic_{split}"
-        register_checked(
-            name,
-            lambda j=panoptic_json, i=image_root, p=panoptic_root, s=sem_seg_root: load_panoptic_json(
-                j, i, p, s, meta
-            ),
+        register_panoptic_with_sem_seg(
+            f"ade20k_panoptic_{split}", meta, image_root, panoptic_root, panoptic_json, sem_seg_root,
+            instances_json, "ade20k_panoptic_seg",
             [
                 (image_root, _IMAGES_REMEDY),
                 (panoptic_json, _PANOPTIC_REMEDY),
                 (panoptic_root, _PANOPTIC_REMEDY),
                 (sem_seg_root, _SEM_SEG_REMEDY),
             ],
-        )
-        MetadataCatalog.get(name).set(
-            image_root=image_root,
-            panoptic_root=panoptic_root,
-            panoptic_json=panoptic_json,
-            sem_seg_root=sem_seg_root,
-            json_file=instances_json,
-            evaluator_type="ade20k_panoptic_seg",
-            ignore_label=255,
-            label_divisor=1000,
-            **meta,
         )
 
 

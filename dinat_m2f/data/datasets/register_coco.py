@@ -7,7 +7,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.data.datasets.coco import load_sem_seg
 
-from .panoptic_json import load_panoptic_json
+from .panoptic_json import register_panoptic_with_sem_seg
 from .paths import add_path_check, register_checked
 
 _ANNOTATIONS_ZIP = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
@@ -59,24 +59,9 @@ def register_coco_panoptic_with_sem_seg(root: str) -> None:
             (sem_seg_root, f"Run: {_SEMANTIC_SCRIPT}"),
         ]
 
-        name = f"coco_2017_{split}_panoptic_with_sem_seg"
-        register_checked(
-            name,
-            lambda j=panoptic_json, i=image_root, p=panoptic_root, s=sem_seg_root: load_panoptic_json(
-                j, i, p, s, meta
-            ),
-            required,
-        )
-        MetadataCatalog.get(name).set(
-            image_root=image_root,
-            panoptic_root=panoptic_root,
-            panoptic_json=panoptic_json,
-            sem_seg_root=sem_seg_root,
-            json_file=instances_json,
-            evaluator_type="coco_panoptic_seg",
-            ignore_label=255,
-            label_divisor=1000,
-            **meta,
+        register_panoptic_with_sem_seg(
+            f"coco_2017_{split}_panoptic_with_sem_seg", meta, image_root, panoptic_root, panoptic_json,
+            sem_seg_root, instances_json, "coco_panoptic_seg", required,
         )
 
         name = f"coco_2017_{split}_panoptic_sem_seg"
