@@ -21,32 +21,16 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from dinat_m2f.data.datasets.ade20k_categories import ADE20K_150_NAMES, ADE20K_INSTANCE_IDS
+from dinat_m2f.data.datasets.ade20k_categories import ADE20K_150_NAMES, ADE20K_INSTANCE_IDS, read_ade20k_instances
 
 SPLITS = {"train": "training", "val": "validation"}
-
-
-def read_instances(instance_png: str) -> List[Tuple[int, np.ndarray]]:
-    """(0-based ADE20K class id, bool mask) for each instance of an annotations_instance PNG."""
-    encoded = np.asarray(Image.open(instance_png).convert("RGB"))
-    classes, numbers = encoded[:, :, 0], encoded[:, :, 1]
-    instances = []
-    for number in np.unique(numbers):
-        if number == 0:
-            continue
-        mask = numbers == number
-        benchmark_classes = np.unique(classes[mask])
-        if len(benchmark_classes) != 1 or not 1 <= benchmark_classes[0] <= len(ADE20K_INSTANCE_IDS):
-            raise ValueError(f"{instance_png}: instance {number} has class values {benchmark_classes.tolist()}")
-        instances.append((ADE20K_INSTANCE_IDS[int(benchmark_classes[0]) - 1], mask))
-    return instances
 
 
 def annotate_image(job: Tuple[int, str, str]) -> Tuple[Dict, List[Dict]]:
     image_id, image_file, instance_png = job
     width, height = Image.open(image_file).size
     annotations = []
-    for category_id, mask in read_instances(instance_png):
+    for category_id, mask in read_ade20k_instances(instance_png):
         rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         annotations.append(

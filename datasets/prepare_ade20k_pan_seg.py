@@ -23,7 +23,7 @@ import numpy as np
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from dinat_m2f.data.datasets.ade20k_categories import ADE20K_150_CATEGORIES, ADE20K_INSTANCE_IDS
+from dinat_m2f.data.datasets.ade20k_categories import ADE20K_150_CATEGORIES, read_ade20k_instances
 
 SPLITS = {"train": "training", "val": "validation"}
 IS_THING = np.array([c["isthing"] for c in ADE20K_150_CATEGORIES], dtype=bool)
@@ -34,21 +34,14 @@ INSTANCE_STRIDE = 1000
 def panoptic_map(semantic_png: str, instance_png: str) -> np.ndarray:
     """(H, W) segment ids, 0 = void."""
     semantic = np.asarray(Image.open(semantic_png)).astype(np.int64)  # 0 = other, else class + 1
-    encoded = np.asarray(Image.open(instance_png).convert("RGB"))
-    if semantic.shape != encoded.shape[:2]:
+    width, height = Image.open(instance_png).size
+    if semantic.shape != (height, width):
         raise ValueError(f"{semantic_png} and {instance_png} differ in size")
+    instances = read_ade20k_instances(instance_png)
     stuff = (semantic > 0) & ~IS_THING[np.maximum(semantic - 1, 0)]
     segments = np.where(stuff, semantic, 0)
-    classes, numbers = encoded[:, :, 0], encoded[:, :, 1]
     counts: Dict[int, int] = {}
-    for number in np.unique(numbers):
-        if number == 0:
-            continue
-        mask = numbers == number
-        benchmark_classes = np.unique(classes[mask])
-        if len(benchmark_classes) != 1 or not 1 <= benchmark_classes[0] <= len(ADE20K_INSTANCE_IDS):
-            raise ValueError(f"{instance_png}: instance {number} has class values {benchmark_classes.tolist()}")
-        category_id = ADE20K_INSTANCE_IDS[int(benchmark_classes[0]) - 1]
+    for category_id, mask in instances:
         counts[category_id] = counts.get(category_id, 0) + 1
         segments[mask] = category_id + 1 + INSTANCE_STRIDE * counts[category_id]
     return segments

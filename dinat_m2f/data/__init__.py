@@ -1,27 +1,6 @@
 """Datasets (registered on import), Mask2Former's dataset mappers and ``build_mapper``."""
-from . import datasets  # noqa: F401  (registers the datasets)
+from . import dataset_mappers, datasets  # noqa: F401  (datasets: registers them)
 from .build import TRAIN_MAPPERS, build_mapper, build_train_mapper
-from .dataset_mappers import (
-    COCOInstanceLSJDatasetMapper,
-    COCOPanopticLSJDatasetMapper,
-    ColorAugSSDTransform,
-    ImageFileError,
-    InferenceDatasetMapper,
-    MaskFormerInstanceDatasetMapper,
-    MaskFormerPanopticDatasetMapper,
-    MaskFormerSemanticDatasetMapper,
-)
+from .dataset_mappers import *  # noqa: F401,F403  (the mapper classes, listed in dataset_mappers.__all__)
 
-__all__ = [
-    "COCOInstanceLSJDatasetMapper",
-    "COCOPanopticLSJDatasetMapper",
-    "ColorAugSSDTransform",
-    "ImageFileError",
-    "InferenceDatasetMapper",
-    "MaskFormerInstanceDatasetMapper",
-    "MaskFormerPanopticDatasetMapper",
-    "MaskFormerSemanticDatasetMapper",
-    "TRAIN_MAPPERS",
-    "build_mapper",
-    "build_train_mapper",
-]
+__all__ = dataset_mappers.__all__ + ["TRAIN_MAPPERS", "build_mapper", "build_train_mapper"]

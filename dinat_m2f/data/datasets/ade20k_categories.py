@@ -5,7 +5,10 @@ Ids are 0-based positions in the 150-class list (the value in ``annotations/*.pn
 The panoptic and instance annotations made by ``datasets/prepare_ade20k_{pan,ins}_seg.py`` use these
 ids as their ``category_id``.
 """
-from typing import Dict, List
+from typing import Dict, List, Tuple
+
+import numpy as np
+from PIL import Image
 
 # Short names of the 150 SceneParsing classes, in label order (label value 1 is "wall").
 ADE20K_150_NAMES: List[str] = [
@@ -95,3 +98,21 @@ def ade20k_instance_metadata() -> Dict:
         "thing_colors": [list(ADE20K_150_COLORS[i]) for i in ADE20K_INSTANCE_IDS],
         "thing_dataset_id_to_contiguous_id": {d: i for i, d in enumerate(ADE20K_INSTANCE_IDS)},
     }
+
+
+def read_ade20k_instances(instance_png: str) -> List[Tuple[int, np.ndarray]]:
+    """(0-based ADE20K class id, bool mask) for each instance of an annotations_instance PNG
+    (R = 1-based index into the 100 instance classes, G = instance number, 0 = none)."""
+    encoded = np.asarray(Image.open(instance_png).convert("RGB"))
+    classes, numbers = encoded[:, :, 0], encoded[:, :, 1]
+    instances = []
+    for number in np.unique(numbers):
+        if number == 0:
+            continue
+        mask = numbers == number
+        benchmark_classes = np.unique(classes[mask])
+        if len(benchmark_classes) != 1 or not 1 <= benchmark_classes[0] <= len(ADE20K_INSTANCE_IDS):
+            raise ValueError(f"{instance_png}: instance {number} has class values {benchmark_classes.tolist()}")
+        instances.append((ADE20K_INSTANCE_IDS[int(benchmark_classes[0]) - 1], mask))
+    return instances
+
