@@ -38,29 +38,40 @@ def test_tiled_backend_matches_reference_on_cpu():
     assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < 1e-5
 
 
+NATTEN = natten_na2d() is not None
+
+
+@pytest.mark.skipif(not NATTEN, reason="needs NATTEN >= 0.20")
+@pytest.mark.parametrize("shape,kernel,dilation", [((1, 2, 29, 31, 32), 7, 3), ((2, 3, 11, 24, 16), 11, 1),
+                                                   ((1, 1, 23, 23, 8), 5, 4)])
+def test_natten_backend_forward_matches_reference_on_cpu(shape, kernel, dilation):
+    # NATTEN's CPU path is forward-only (FlexAttention underneath); it checks our layout and window rule.
+    q, k, v, kernel, dilation, _ = _case(shape=shape, kernel=kernel, dilation=dilation, rpb=False)
+    with torch.no_grad():
+        out = na2d(q, k, v, kernel, dilation, None, backend="natten")
+        tiled = na2d(q, k, v, kernel, dilation, None, backend="tiled")
+    assert (out.double() - _reference(q, k, v, kernel, dilation, None)).abs().max() < 1e-5
+    assert (out - tiled).abs().max() < 1e-5
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", ["tiled", "flex"])
+@pytest.mark.parametrize("backend", ["tiled", "flex", "natten"])
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
 def test_cuda_backends_forward_and_backward_match_reference(backend, dtype, atol):
-    q, k, v, kernel, dilation, rpb = _case("cuda", dtype, shape=(2, 2, 29, 31, 32), kernel=7, dilation=3)
-    leaves = [t.requires_grad_(True) for t in (q, k, v, rpb)]
-    out = na2d(*leaves[:3], kernel, dilation, leaves[3], backend=backend)
+    if backend == "natten" and not NATTEN:
+        pytest.skip("needs NATTEN >= 0.20")
+    q, k, v, kernel, dilation, rpb = _case("cuda", dtype, shape=(2, 2, 29, 31, 32), kernel=7, dilation=3,
+                                           rpb=backend != "natten")  # NATTEN's fused kernels have no RPB
+    leaves = [t.requires_grad_(True) for t in (q, k, v) + ((rpb,) if rpb is not None else ())]
+    out = na2d(*leaves[:3], kernel, dilation, *leaves[3:], backend=backend)
     ref_leaves = [t.detach().double().cpu().requires_grad_(True) for t in leaves]
-    ref = brute_force_na2d(*ref_leaves[:3], kernel, dilation, ref_leaves[3])
+    ref = brute_force_na2d(*ref_leaves[:3], kernel, dilation, *ref_leaves[3:])
     assert (out.double().cpu() - ref).abs().max() < atol
     grad = torch.randn_like(ref)
     grads = torch.autograd.grad((out * grad.to("cuda", dtype)).sum(), leaves)
     ref_grads = torch.autograd.grad((ref * grad).sum(), ref_leaves)
     for g, rg in zip(grads, ref_grads):
         assert ((g.double().cpu() - rg).norm() / rg.norm()) < (1e-4 if dtype == torch.float32 else 3e-2)
-
-
-@pytest.mark.skipif(not CUDA or natten_na2d() is None, reason="needs a CUDA GPU and NATTEN >= 0.20")
-def test_natten_backend_matches_reference_without_rpb():
-    q, k, v, kernel, dilation, _ = _case("cuda", torch.float16, shape=(1, 2, 29, 31, 32), kernel=7, dilation=3,
-                                         rpb=False)
-    out = na2d(q, k, v, kernel, dilation, None, backend="natten")
-    assert (out.double().cpu() - _reference(q, k, v, kernel, dilation, None)).abs().max() < 1e-2
 
 
 def test_automatic_choice_and_overrides(monkeypatch, caplog):
@@ -86,6 +97,9 @@ def test_unusable_forced_backends_are_clear_errors():
         na2d(q, k, v, kernel, dilation, rpb, backend="flex")
     with pytest.raises(ValueError, match="backend 'natten' needs"):
         na2d(q, k, v, kernel, dilation, rpb, backend="natten")
+    if NATTEN:  # installed, no RPB, but a backward is asked for on CPU
+        with pytest.raises(ValueError, match="backend 'natten' has no attention dropout, and no backward on CPU"):
+            na2d(q, k, v, kernel, dilation, None, backend="natten")
 
 
 def test_choice_is_logged_once(caplog, monkeypatch):

@@ -60,8 +60,9 @@ def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, 
             name = "flex"
     elif name == "natten" and (rpb is not None or natten_na2d() is None or dropout_p > 0.0):
         raise ValueError("backend 'natten' needs NATTEN >= 0.20 installed, rpb=None and no attention dropout")
-    elif name == "flex" and (dropout_p > 0.0 or (needs_grad and q.device.type == "cpu")):
-        raise ValueError("backend 'flex' has no attention dropout, and no backward on CPU: use 'tiled'")
+    elif name in ("flex", "natten") and (dropout_p > 0.0 or (needs_grad and q.device.type == "cpu")):
+        # NATTEN runs FlexAttention on CPU, which has no backward there.
+        raise ValueError(f"backend {name!r} has no attention dropout, and no backward on CPU: use 'tiled'")
     choice = (name, q.device.type, q.dtype)
     if choice not in _logged_choices and not torch.compiler.is_compiling():  # logging would break the graph
         _logged_choices.add(choice)
