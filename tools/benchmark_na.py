@@ -4,9 +4,11 @@
 Shapes are the four DiNAT-L stages (kernel 11, head dim 32, the largest dilation of each stage) at an
 --image x --image input, plus the reference layer of the performance issue (200x200 map, 6 heads, d=14).
 A "gather" row is a plain gather implementation (keys/values gathered per query), the usual baseline.
-Each measurement runs in a fresh process so CPU peak memory (max RSS growth) is its own.
+"natten" rows (NATTEN >= 0.20, the default when importable) always run without RPB, which NATTEN dropped;
+the ratio columns compare every row with them. Each measurement runs in a fresh process so CPU peak memory
+(max RSS growth) is its own; on CPU that process may use 3/4 of the RAM, beyond it the row reads n/a.
 
-    python tools/benchmark_na.py                        # CPU, float32, tiled + gather, 640x640, 2 threads
+    python tools/benchmark_na.py                        # CPU, float32, tiled + gather (+ natten), 640x640
     python tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,natten,gather --image 1024
 """
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import time
 
 import torch
+
+from dinat_m2f.layers.na_natten import natten_na2d
 
 DINAT_L_STAGES = [  # (stride, heads, largest dilation for a 640 input, from configs/*/dinat_l.yaml)
     (4, 6, 14), (8, 12, 7), (16, 24, 3), (32, 48, 1)]
@@ -47,8 +52,16 @@ def gather_na2d(q, k, v, kernel_size, dilation, rpb, rows_per_chunk=8):
     return torch.cat(outputs, dim=2)
 
 
+def _limit_cpu_memory(fraction: float = 0.75) -> None:
+    """Make an allocation beyond this share of the RAM a RuntimeError (an n/a row), not the OOM killer."""
+    limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _measure(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
+    if spec["device"] == "cpu":
+        _limit_cpu_memory()
     from dinat_m2f.layers import na2d
 
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
@@ -108,7 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="float32")
-    parser.add_argument("--backends", default="tiled,gather")
+    parser.add_argument("--backends", default=None, help="comma-separated, of tiled, flex, natten, gather "
+                        "(default: tiled,gather, and natten when importable)")
     parser.add_argument("--image", type=int, default=640)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -116,16 +130,18 @@ def main() -> None:
     parser.add_argument("--no-rpb", action="store_true", help="without RPB (what NATTEN's fused kernels support)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    backends = args.backends or "tiled,gather" + (",natten" if natten_na2d() is not None else "")
 
     specs = []
     rows = [(args.image // stride, heads, dilation) for stride, heads, dilation in DINAT_L_STAGES]
     rows.append((200, 6, 14))  # the reference layer of the performance issue
     for size, heads, dilation in rows:
         for dtype in args.dtypes.split(","):
-            for backend in args.backends.split(","):
+            for backend in backends.split(","):
                 specs.append(dict(device=args.device, dtype=dtype, backend=backend, size=size, heads=heads,
                                   dilation=min(dilation, size // 11), kernel=11, batch=args.batch,
-                                  rpb=not args.no_rpb, threads=args.threads, repeats=args.repeats))
+                                  rpb=not args.no_rpb and backend != "natten", threads=args.threads,
+                                  repeats=args.repeats))
     context = mp.get_context("spawn")
     results = []
     for spec in specs:
@@ -133,19 +149,24 @@ def main() -> None:
             results.append(pool.apply(_measure, (spec,)))
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    print(f"na2d, kernel 11, head dim 32, batch {args.batch}, rpb {not args.no_rpb}, torch {torch.__version__}, "
+    print(f"na2d, kernel 11, head dim 32, batch {args.batch}, torch {torch.__version__}, "
           f"{args.device} ({device_name}), {args.threads} CPU threads")
-    header = "| map | heads | dilation | dtype | backend | forward ms | fwd+bwd ms | peak MB | vs natten |"
-    print(header)
-    print("|" + "---|" * 9)
-    natten = {(r["size"], r["dtype"]): r.get("forward_s") for r in results if r["backend"] == "natten"}
+    print("| map | heads | dilation | dtype | backend | rpb | forward ms | fwd+bwd ms | peak MB "
+          "| fwd / natten | fwd+bwd / natten |")
+    print("|" + "---|" * 11)
+    natten = {(r["size"], r["dtype"]): r for r in results if r["backend"] == "natten"}
+
+    def ms(seconds: float | None) -> str:
+        return f"{seconds * 1e3:.1f}" if seconds else "n/a"
+
+    def ratio(r: dict, key: str) -> str:
+        ours, theirs = r.get(key), natten.get((r["size"], r["dtype"]), {}).get(key)
+        return f"{ours / theirs:.3g}x" if ours and theirs else "-"
+
     for r in results:
-        fwd, train = r.get("forward_s"), r.get("train_s")
-        ratio = natten.get((r["size"], r["dtype"]))
         cells = [f"{r['size']}x{r['size']}", str(r["heads"]), str(r["dilation"]), r["dtype"], r["backend"],
-                 f"{fwd * 1e3:.1f}" if fwd else "n/a",
-                 f"{train * 1e3:.1f}" if train else "n/a",
-                 f"{r['peak_mb']:.0f}", f"{fwd / ratio:.2f}x" if fwd and ratio else "-"]
+                 "yes" if r["rpb"] else "no", ms(r.get("forward_s")), ms(r.get("train_s")), f"{r['peak_mb']:.0f}",
+                 ratio(r, "forward_s"), ratio(r, "train_s")]
         print("| " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
