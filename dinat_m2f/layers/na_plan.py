@@ -132,10 +132,6 @@ class Plan2D:
     # output_index[i * W + j]: row of query (i, j) in the concatenation of all pairs' query slots.
     output_index: torch.Tensor
 
-    @property
-    def num_slots(self) -> int:
-        return sum(pair.query_index.numel() for pair in self.pairs)
-
 
 def _outer_flat(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int, width: int) -> torch.Tensor:
     r = rows.view(n_rows, 1, -1, 1)

@@ -79,19 +79,16 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional
     dim = q.shape[-1]
     score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
     biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
-    # One buffer for all chunks' outputs: no long-lived small allocations between the transient
-    # score buffers, which would fragment the heap and keep it from being reused.
-    slots = q.new_empty((batch * heads, plan.num_slots, dim))
-    offset = 0
+    out = torch.empty_like(q)
     for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
         q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
         k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
         v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
         probs = _probabilities(q_blocks, k_blocks, biases[number])
-        slots[:, offset: offset + n * th * tw].view(batch, heads, n, th * tw, dim).copy_(
-            torch.matmul(probs.to(v.dtype), v_blocks))
-        offset += n * th * tw
-    return slots.index_select(1, plan.output_index)
+        # Straight to the queries' positions; a slot repeating a query past its group's end has that
+        # query's window, so it writes the same output again.
+        out.index_copy_(1, q_index, torch.matmul(probs.to(v.dtype), v_blocks).view(batch * heads, n * th * tw, dim))
+    return out
 
 
 @_forward_op.register_fake
