@@ -112,9 +112,10 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     grad_k = torch.zeros_like(grad_q)
     grad_v = torch.zeros_like(grad_q)
     need_rpb = need_rpb and rpb is not None
-    grad_rpb = torch.zeros((heads, (2 * kernel_size - 1) ** 2), dtype=work_dtype, device=q.device)
     biases = [pair_bias(rpb, pair, work_dtype)[None, :, None] for pair in plan.pairs]
-    slot_indices = [_rpb_slot_index(pair, kernel_size) for pair in plan.pairs] if need_rpb else None
+    # The bias gradient is summed per class pair over all its tiles, and scattered into the RPB table once.
+    grad_bias = [torch.zeros(heads, bias.shape[-2] * bias.shape[-1], dtype=work_dtype, device=q.device)
+                 for bias in biases] if need_rpb else None
 
     for number, _, n, q_index, k_index, valid in _chunks(plan, batch, heads):
         q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
@@ -134,8 +135,12 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
         grad_k.index_add_(1, k_index, torch.matmul(grad_s.transpose(-1, -2), q_blocks.to(work_dtype))
                           .reshape(batch * heads, n * rh * rw, dim))
         if need_rpb:
-            grad_rpb.index_add_(1, slot_indices[number], grad_s.sum(dim=(0, 2)).reshape(heads, -1))
+            grad_bias[number] += grad_s.sum(dim=(0, 2)).reshape(heads, -1)
 
+    grad_rpb = torch.zeros((heads, (2 * kernel_size - 1) ** 2), dtype=work_dtype, device=q.device)
+    if need_rpb:
+        for pair, grad in zip(plan.pairs, grad_bias):
+            grad_rpb.index_add_(1, _rpb_slot_index(pair, kernel_size), grad)
     grad_rpb = grad_rpb.view(heads, 2 * kernel_size - 1, 2 * kernel_size - 1).to(
         rpb.dtype if rpb is not None else q.dtype)
     return [grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_rpb]
