@@ -38,6 +38,22 @@ def test_tiled_backend_matches_reference_on_cpu():
     assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("height,width,kernel,dilation", [(40, 52, 11, 3), (64, 64, 11, 5), (20, 20, 11, 1)])
+def test_flex_block_mask_query_blocks_match_flex_attentions_own(height, width, kernel, dilation):
+    # The backward pass walks the query blocks of each key block; ours are precomputed, so check them against
+    # what FlexAttention derives itself (only the first q_num_blocks entries of a row are read).
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from dinat_m2f.layers.na_flex import _block_mask
+
+    ours = _block_mask(height, width, kernel, dilation, torch.device("cpu"))
+    theirs = BlockMask.from_kv_blocks(ours.kv_num_blocks, ours.kv_indices, BLOCK_SIZE=128,
+                                      seq_lengths=(height * width,) * 2)
+    assert torch.equal(ours.q_num_blocks, theirs.q_num_blocks)
+    for row, count in enumerate(ours.q_num_blocks[0, 0].tolist()):
+        assert torch.equal(ours.q_indices[0, 0, row, :count], theirs.q_indices[0, 0, row, :count])
+
+
 NATTEN = natten_na2d() is not None
 
 

@@ -47,9 +47,22 @@ def _sequence_order(height: int, width: int, dilation: int) -> torch.Tensor:
     return composite.flatten().argsort()
 
 
-@functools.lru_cache(maxsize=64)
-def _layout(height: int, width: int, kernel_size: int, dilation: int):
-    """(order, inverse order, BlockMask tensors) for one map size; built on CPU, once."""
+_layouts: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+@torch.compiler.assume_constant_result  # constants of a compiled graph, not ops traced into it
+def _layout(height: int, width: int, kernel_size: int, dilation: int, device: torch.device):
+    """(order, inverse order, padded order, and the BlockMask's kv_num_blocks, kv_indices, q_num_blocks,
+    q_indices) for one map size on one device, made once."""
+    key = (height, width, kernel_size, dilation, device)
+    if key not in _layouts:
+        if len(_layouts) >= 64:
+            _layouts.clear()
+        _layouts[key] = _make_layout(height, width, kernel_size, dilation, device)
+    return _layouts[key]
+
+
+def _make_layout(height: int, width: int, kernel_size: int, dilation: int, device: torch.device):
     n = height * width
     order = _sequence_order(height, width, dilation)
     inverse = torch.empty_like(order)
@@ -60,17 +73,29 @@ def _layout(height: int, width: int, kernel_size: int, dilation: int):
     query_block = (inverse // BLOCK).view(n, 1).expand_as(keys)
     key_block = inverse[keys] // BLOCK
     blocks = -(-n // BLOCK)
-    touched = torch.zeros(blocks, blocks, dtype=torch.bool)
+    touched = torch.zeros(blocks, blocks, dtype=torch.bool)  # [query block, key block]
     touched[query_block.reshape(-1), key_block.reshape(-1)] = True
-    kv_num_blocks = touched.sum(1).to(torch.int32)
-    kv_indices = torch.argsort((~touched).to(torch.int8), dim=1, stable=True).to(torch.int32)
     padded_order = torch.zeros(blocks * BLOCK, dtype=torch.long)
     padded_order[:n] = order
-    return order, inverse, padded_order, kv_num_blocks, kv_indices
+    layout = [order, inverse, padded_order]
+    for blocks_of in (touched, touched.T):  # key blocks of each query block, query blocks of each key block
+        layout.append(blocks_of.sum(1).to(torch.int32)[None, None])
+        layout.append(torch.argsort((~blocks_of).to(torch.int8), dim=1, stable=True).to(torch.int32)[None, None])
+    return tuple(t.to(device) for t in layout)
 
 
-def _window_mods(height: int, width: int, kernel_size: int, dilation: int, padded_order: torch.Tensor,
-                 rpb: torch.Tensor | None):
+def _block_mask(height: int, width: int, kernel_size: int, dilation: int, device: torch.device) -> BlockMask:
+    _, _, padded_order, kv_num_blocks, kv_indices, q_num_blocks, q_indices = _layout(
+        height, width, kernel_size, dilation, device)
+    # The constructor, not from_kv_blocks: no ops on the constant layout, so a compiled graph traces none.
+    return BlockMask(seq_lengths=(height * width,) * 2, kv_num_blocks=kv_num_blocks, kv_indices=kv_indices,
+                     full_kv_num_blocks=None, full_kv_indices=None, q_num_blocks=q_num_blocks,
+                     q_indices=q_indices, full_q_num_blocks=None, full_q_indices=None, BLOCK_SIZE=(BLOCK, BLOCK),
+                     mask_mod=_window_mask_mod(height, width, kernel_size, dilation, padded_order))
+
+
+def _window_mask_mod(height: int, width: int, kernel_size: int, dilation: int, padded_order: torch.Tensor):
+    """Keeps each query's exact k x k window (NATTEN's shifted windows, per dilation group)."""
     ns = kernel_size // 2
 
     def in_window(query: torch.Tensor, key: torch.Tensor, length: int) -> torch.Tensor:
@@ -84,8 +109,11 @@ def _window_mods(height: int, width: int, kernel_size: int, dilation: int, padde
         q_pos, k_pos = padded_order[q_idx], padded_order[kv_idx]
         return in_window(q_pos // width, k_pos // width, height) & in_window(q_pos % width, k_pos % width, width)
 
-    if rpb is None:
-        return mask_mod, None
+    return mask_mod
+
+
+def _rpb_score_mod(width: int, kernel_size: int, dilation: int, padded_order: torch.Tensor, rpb: torch.Tensor):
+    """Adds rpb[h, (k-1) + dy/d, (k-1) + dx/d] to each score; its gradient reaches `rpb`."""
 
     def score_mod(score, b, h, q_idx, kv_idx):
         q_pos, k_pos = padded_order[q_idx], padded_order[kv_idx]
@@ -94,7 +122,7 @@ def _window_mods(height: int, width: int, kernel_size: int, dilation: int, padde
         col = torch.clamp((kernel_size - 1) + (k_pos % width - q_pos % width) // dilation, 0, 2 * kernel_size - 2)
         return score + rpb[h, row, col].to(score.dtype)
 
-    return mask_mod, score_mod
+    return score_mod
 
 
 def na2d_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
@@ -102,12 +130,11 @@ def na2d_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: in
     """Neighborhood attention by FlexAttention; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
     n = height * width
-    device = q.device
-    order, inverse, padded_order, kv_num_blocks, kv_indices = (
-        t.to(device) for t in _layout(height, width, kernel_size, dilation))
-    mask_mod, score_mod = _window_mods(height, width, kernel_size, dilation, padded_order, rpb)
-    block_mask = BlockMask.from_kv_blocks(kv_num_blocks[None, None], kv_indices[None, None], BLOCK_SIZE=BLOCK,
-                                          mask_mod=mask_mod, seq_lengths=(n, n))
+    order, inverse, padded_order, *_ = _layout(height, width, kernel_size, dilation, q.device)
+    block_mask = _block_mask(height, width, kernel_size, dilation, q.device)
+    score_mod = None if rpb is None else _rpb_score_mod(width, kernel_size, dilation, padded_order, rpb)
     q, k, v = (t.reshape(batch, heads, n, dim).index_select(2, order) for t in (q, k, v))
-    out = _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)
+    # Inside a compiled graph flex_attention is captured and compiled with it.
+    flex = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+    out = flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)
     return out.index_select(2, inverse).view(batch, heads, height, width, dim)
