@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up dinat-m2f on a machine with internet access: torch/torchvision (if absent), detectron2 and
-# panopticapi from their git repositories (if not importable yet), then this project with its test extra.
+# panopticapi from their git repositories (if not importable yet), NATTEN (optional, CPU-only machines), then
+# this project with its test extra.
 # Usage: bash scripts/setup.sh   (env PYTHON picks the interpreter; SRC_DIR where git checkouts go)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -28,6 +29,18 @@ if ! have panopticapi; then
   "$PYTHON" -m pip install "git+https://github.com/cocodataset/panopticapi.git"
 else
   echo "[setup] panopticapi already importable: skipping its git install"
+fi
+
+# NATTEN is optional (the `natten` backend). Without a GPU it builds in seconds without its CUDA library and
+# runs forward-only on CPU, which is what the comparison tests and benchmark rows need; on a GPU machine
+# building its kernels takes long, so install one of NATTEN's prebuilt wheels there instead.
+if ! have natten; then
+  if "$PYTHON" -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then
+    echo "[setup] installing NATTEN 0.21.7 without its CUDA library (optional; for comparisons on CPU)"
+    "$PYTHON" -m pip install --no-build-isolation natten==0.21.7 || echo "[setup] NATTEN did not install: its tests skip"
+  else
+    echo "[setup] NATTEN not installed (optional): install a prebuilt NATTEN >= 0.20 wheel for its fused kernels"
+  fi
 fi
 
 echo "[setup] installing dinat_m2f with its test extra"
