@@ -3,9 +3,11 @@
 
     python tools/benchmark_model.py                                   # CPU, float32, one 640x640 image
     python tools/benchmark_model.py --device cuda --precision bfloat16 --size 800 1216 --train
+    python tools/benchmark_model.py --device cuda --precision bfloat16 --size 800 1216 --compile --batch 4
 
 Inference runs the full model with the config's post-processing (panoptic, instance, semantic) on random
-images. Training (--train) runs optimizer steps on --train-batch random LSJ-sized images with generated
+images, --batch of them per call. --compile runs the backbone and the segmentation head through torch.compile
+(post-processing stays eager); the warm-up call compiles. Training (--train) runs optimizer steps on --train-batch random LSJ-sized images with generated
 instance targets, under autocast in --precision, as train_net.py does. Weights are random unless
 MODEL.WEIGHTS is given: speed does not depend on them.
 """
@@ -60,7 +62,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--size", type=int, nargs=2, default=[640, 640], metavar=("H", "W"))
-    parser.add_argument("--images", type=int, default=2, help="timed inference images (after one warm-up)")
+    parser.add_argument("--images", type=int, default=2, help="timed inference calls (after one warm-up)")
+    parser.add_argument("--batch", type=int, default=1, help="images per inference call")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and the head")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train", action="store_true", help="also time training steps")
     parser.add_argument("--train-size", type=int, default=1024)
@@ -81,12 +85,16 @@ def main() -> None:
         from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 
         SafeDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if args.compile:
+        model.backbone = torch.compile(model.backbone)
+        model.sem_seg_head = torch.compile(model.sem_seg_head)
     autocast = torch.autocast(device.type, dtype=getattr(torch, args.precision),
                               enabled=args.precision != "float32")
     params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{args.config_file}: {params / 1e6:.1f}M parameters, torch {torch.__version__}, "
-          f"{args.device} ({name}), {args.threads} CPU threads, {args.precision}")
+          f"{args.device} ({name}), {args.threads} CPU threads, {args.precision}"
+          f"{', torch.compile' if args.compile else ''}")
     print("| run | input | precision | time | throughput | peak memory MB |")
     print("|---|---|---|---|---|---|")
 
@@ -96,15 +104,15 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad(), autocast:
-        model([_image(height, width, device)])  # warm-up (plans, kernels, compilation)
+        model([_image(height, width, device) for _ in range(args.batch)])  # warm-up (plans, kernels, compiling)
         _sync(device)
         start = time.perf_counter()
         for _ in range(args.images):
-            model([_image(height, width, device)])
+            model([_image(height, width, device) for _ in range(args.batch)])
         _sync(device)
-    per_image = (time.perf_counter() - start) / args.images
+    per_image = (time.perf_counter() - start) / (args.images * args.batch)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base_rss
-    print(f"| inference | {height}x{width} | {args.precision} | {per_image:.3f} s/image | "
+    print(f"| inference | {args.batch} x {height}x{width} | {args.precision} | {per_image:.3f} s/image | "
           f"{1 / per_image:.2f} images/s | {peak:.0f} |")
 
     if args.train:
