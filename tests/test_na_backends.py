@@ -106,6 +106,23 @@ def test_automatic_choice_and_overrides(monkeypatch, caplog):
             pass
 
 
+@pytest.mark.parametrize("device,dtype,head_dim,rpb,dropout,natten,expected", [
+    ("cpu", torch.float32, 32, True, 0.0, True, "tiled"),
+    ("cpu", torch.bfloat16, 32, False, 0.0, True, "tiled"),  # NATTEN's CPU path holds all scores
+    ("cuda", torch.bfloat16, 32, True, 0.0, True, "flex"),  # NATTEN has no RPB
+    ("cuda", torch.float32, 32, True, 0.0, False, "flex"),
+    ("cuda", torch.bfloat16, 32, False, 0.0, True, "natten"),
+    ("cuda", torch.bfloat16, 32, False, 0.0, False, "flex"),
+    ("cuda", torch.float64, 32, True, 0.0, False, "tiled"),
+    ("cuda", torch.bfloat16, 32, True, 0.1, False, "tiled"),  # attention dropout
+    ("cuda", torch.bfloat16, 8, True, 0.0, False, "tiled"),  # below FlexAttention's smallest head dim
+])
+def test_automatic_backend_by_device_dtype_shape_and_availability(monkeypatch, device, dtype, head_dim, rpb,
+                                                                  dropout, natten, expected):
+    monkeypatch.setattr(neighborhood_attention, "natten_na2d", lambda: object() if natten else None)
+    assert neighborhood_attention.automatic_backend(device, dtype, head_dim, rpb, dropout) == expected
+
+
 def test_unusable_forced_backends_are_clear_errors():
     q, k, v, kernel, dilation, rpb = _case()
     q.requires_grad_(True)

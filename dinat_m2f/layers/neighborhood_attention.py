@@ -44,25 +44,37 @@ def _check_backend_name(name: str, where: str) -> None:
                          f"choose from {BACKENDS + ('auto',)}")
 
 
+# FlexAttention's CUDA kernels (Triton tl.dot) need a head dim of at least 16.
+FLEX_MIN_HEAD_DIM = 16
+
+
+def automatic_backend(device_type: str, dtype: torch.dtype, head_dim: int, has_rpb: bool, dropout_p: float) -> str:
+    """The automatic choice by device, dtype, shape and availability: NATTEN's fused kernels on CUDA without
+    RPB when installed, FlexAttention on CUDA (float32 and half types, head dim >= 16), the tiled op
+    otherwise (CPU, float64, attention dropout, smaller heads)."""
+    if device_type != "cuda" or dropout_p > 0.0 or dtype == torch.float64:
+        return "tiled"
+    if not has_rpb and natten_na2d() is not None:
+        return "natten"
+    return "flex" if head_dim >= FLEX_MIN_HEAD_DIM else "tiled"
+
+
 def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, requested: str | None = None) -> str:
     """The backend for these inputs: the request (argument, then context manager, then env var), else
-    NATTEN's fused kernels on CUDA without RPB when installed, FlexAttention on CUDA (float32 and half
-    types), the tiled op otherwise (CPU, float64, attention dropout)."""
+    `automatic_backend`. A forced backend that cannot run these inputs is a ValueError saying why."""
     name = requested or (_forced_backend[-1] if _forced_backend else None) or os.environ.get(BACKEND_ENV, "auto")
     _check_backend_name(name, f"backend (argument, na_backend() or ${BACKEND_ENV})")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or (rpb is not None and rpb.requires_grad))
     if name == "auto":
-        if q.device.type != "cuda" or dropout_p > 0.0 or q.dtype == torch.float64:
-            name = "tiled"
-        elif rpb is None and natten_na2d() is not None:
-            name = "natten"
-        else:
-            name = "flex"
+        name = automatic_backend(q.device.type, q.dtype, q.shape[-1], rpb is not None, dropout_p)
     elif name == "natten" and (rpb is not None or natten_na2d() is None or dropout_p > 0.0):
         raise ValueError("backend 'natten' needs NATTEN >= 0.20 installed, rpb=None and no attention dropout")
     elif name in ("flex", "natten") and (dropout_p > 0.0 or (needs_grad and q.device.type == "cpu")):
         # NATTEN runs FlexAttention on CPU, which has no backward there.
         raise ValueError(f"backend {name!r} has no attention dropout, and no backward on CPU: use 'tiled'")
+    elif name == "flex" and q.device.type == "cuda" and q.shape[-1] < FLEX_MIN_HEAD_DIM:
+        raise ValueError(f"backend 'flex' needs a head dim of at least {FLEX_MIN_HEAD_DIM} on CUDA, "
+                         f"got {q.shape[-1]}: use 'tiled'")
     choice = (name, q.device.type, q.dtype)
     if choice not in _logged_choices and not torch.compiler.is_compiling():  # logging would break the graph
         _logged_choices.add(choice)
