@@ -38,6 +38,23 @@ def test_tiled_backend_matches_reference_on_cpu():
     assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < 1e-5
 
 
+def test_flex_backend_serves_many_map_sizes_with_few_compilations():
+    # Evaluation images all differ in size and layers in dilation; past dynamo's recompile limit (8)
+    # FlexAttention would fall back to its unfused path, which holds all (H*W)^2 scores.
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    sizes = [(24, 32), (25, 38), (30, 40), (32, 48), (40, 40), (36, 50), (44, 44), (48, 52), (50, 60), (52, 64)]
+    for number, (height, width) in enumerate(sizes):
+        q, k, v, kernel, dilation, rpb = _case(shape=(1, 2 + number % 2, height, width, 16), kernel=5,
+                                               dilation=1 + number % 3)
+        with torch.no_grad():
+            out = na2d(q, k, v, kernel, dilation, rpb, backend="flex")
+        torch.testing.assert_close(out, na2d(q, k, v, kernel, dilation, rpb, backend="tiled"), atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] <= 3
+
+
 @pytest.mark.parametrize("height,width,kernel,dilation", [(40, 52, 11, 3), (64, 64, 11, 5), (20, 20, 11, 1)])
 def test_flex_block_mask_query_blocks_match_flex_attentions_own(height, width, kernel, dilation):
     # The backward pass walks the query blocks of each key block; ours are precomputed, so check them against

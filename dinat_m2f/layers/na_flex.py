@@ -4,7 +4,9 @@ The H*W positions are reordered so that every dilation group is contiguous and, 
 8x16 positions are contiguous: a 128-query block then needs only the few key blocks that its windows cover.
 The BlockMask is built from that window structure (never by evaluating the mask densely over (H*W)^2), the
 mask_mod keeps each query's exact k x k window, and the score_mod adds the relative positional bias (its
-gradient reaches `rpb`). FlexAttention has no backward on CPU: on CPU this backend is forward-only.
+gradient reaches `rpb`). Both read a per-position table (dilation group, group coordinates, window starts),
+so the kernels do no integer division and hold no map size or dilation: one compiled kernel serves every map
+size and dilation. FlexAttention has no backward on CPU: on CPU this backend is forward-only.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ TILE = (8, 16)
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
-    return torch.compile(flex_attention, dynamic=False)
+    # Automatic dynamic shapes: a second map size compiles one shape-generic kernel that serves all later
+    # ones (every image size of an evaluation). Static shapes would compile per size and, past dynamo's
+    # recompile limit, fall back to the unfused path that holds all (H*W)^2 scores.
+    return torch.compile(flex_attention)
 
 
 def _axis_windows(length: int, kernel_size: int, dilation: int) -> torch.Tensor:
@@ -47,12 +52,32 @@ def _sequence_order(height: int, width: int, dilation: int) -> torch.Tensor:
     return composite.flatten().argsort()
 
 
+# Rows of the position table, indexed by sequence index.
+GROUP, ROW, COL, ROW_START, COL_START = range(5)
+
+
+def _position_table(height: int, width: int, kernel_size: int, dilation: int, order: torch.Tensor,
+                    padded_len: int) -> torch.Tensor:
+    """(5, padded_len) int32: for each sequence index its dilation group (-1 past the end), its row and column
+    inside the group, and the first row and column of its window (NATTEN's shifted windows)."""
+    i, j = order // width, order % width
+    table = torch.full((5, padded_len), -1, dtype=torch.int32)
+    table[GROUP, :order.numel()] = (i % dilation) * dilation + j % dilation
+    for axis, start_axis, coordinate, length in ((ROW, ROW_START, i, height), (COL, COL_START, j, width)):
+        residue, member = coordinate % dilation, coordinate // dilation
+        group_len = (length - residue + dilation - 1) // dilation
+        start = torch.minimum((member - kernel_size // 2).clamp(min=0), group_len - kernel_size)
+        table[axis, :order.numel()] = member
+        table[start_axis, :order.numel()] = start
+    return table
+
+
 _layouts: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
 @torch.compiler.assume_constant_result  # constants of a compiled graph, not ops traced into it
 def _layout(height: int, width: int, kernel_size: int, dilation: int, device: torch.device):
-    """(order, inverse order, padded order, and the BlockMask's kv_num_blocks, kv_indices, q_num_blocks,
+    """(order, inverse order, position table, and the BlockMask's kv_num_blocks, kv_indices, q_num_blocks,
     q_indices) for one map size on one device, made once."""
     key = (height, width, kernel_size, dilation, device)
     if key not in _layouts:
@@ -75,9 +100,7 @@ def _make_layout(height: int, width: int, kernel_size: int, dilation: int, devic
     blocks = -(-n // BLOCK)
     touched = torch.zeros(blocks, blocks, dtype=torch.bool)  # [query block, key block]
     touched[query_block.reshape(-1), key_block.reshape(-1)] = True
-    padded_order = torch.zeros(blocks * BLOCK, dtype=torch.long)
-    padded_order[:n] = order
-    layout = [order, inverse, padded_order]
+    layout = [order, inverse, _position_table(height, width, kernel_size, dilation, order, blocks * BLOCK)]
     for blocks_of in (touched, touched.T):  # key blocks of each query block, query blocks of each key block
         layout.append(blocks_of.sum(1).to(torch.int32)[None, None])
         layout.append(torch.argsort((~blocks_of).to(torch.int8), dim=1, stable=True).to(torch.int32)[None, None])
@@ -85,41 +108,35 @@ def _make_layout(height: int, width: int, kernel_size: int, dilation: int, devic
 
 
 def _block_mask(height: int, width: int, kernel_size: int, dilation: int, device: torch.device) -> BlockMask:
-    _, _, padded_order, kv_num_blocks, kv_indices, q_num_blocks, q_indices = _layout(
+    _, _, positions, kv_num_blocks, kv_indices, q_num_blocks, q_indices = _layout(
         height, width, kernel_size, dilation, device)
     # The constructor, not from_kv_blocks: no ops on the constant layout, so a compiled graph traces none.
     return BlockMask(seq_lengths=(height * width,) * 2, kv_num_blocks=kv_num_blocks, kv_indices=kv_indices,
                      full_kv_num_blocks=None, full_kv_indices=None, q_num_blocks=q_num_blocks,
                      q_indices=q_indices, full_q_num_blocks=None, full_q_indices=None, BLOCK_SIZE=(BLOCK, BLOCK),
-                     mask_mod=_window_mask_mod(height, width, kernel_size, dilation, padded_order))
+                     mask_mod=_window_mask_mod(kernel_size, positions))
 
 
-def _window_mask_mod(height: int, width: int, kernel_size: int, dilation: int, padded_order: torch.Tensor):
-    """Keeps each query's exact k x k window (NATTEN's shifted windows, per dilation group)."""
-    ns = kernel_size // 2
-
-    def in_window(query: torch.Tensor, key: torch.Tensor, length: int) -> torch.Tensor:
-        r, p = query % dilation, query // dilation
-        group_len = (length - r + dilation - 1) // dilation
-        start = torch.minimum(torch.clamp(p - ns, min=0), group_len - kernel_size)
-        key_p = key // dilation
-        return (key % dilation == r) & (key_p >= start) & (key_p < start + kernel_size)
+def _window_mask_mod(kernel_size: int, positions: torch.Tensor):
+    """Keeps each query's exact k x k window: same dilation group, group coordinates inside the window."""
 
     def mask_mod(b, h, q_idx, kv_idx):
-        q_pos, k_pos = padded_order[q_idx], padded_order[kv_idx]
-        return in_window(q_pos // width, k_pos // width, height) & in_window(q_pos % width, k_pos % width, width)
+        row, col = positions[ROW, kv_idx], positions[COL, kv_idx]
+        row_start, col_start = positions[ROW_START, q_idx], positions[COL_START, q_idx]
+        return ((positions[GROUP, q_idx] == positions[GROUP, kv_idx])
+                & (row >= row_start) & (row < row_start + kernel_size)
+                & (col >= col_start) & (col < col_start + kernel_size))
 
     return mask_mod
 
 
-def _rpb_score_mod(width: int, kernel_size: int, dilation: int, padded_order: torch.Tensor, rpb: torch.Tensor):
+def _rpb_score_mod(kernel_size: int, positions: torch.Tensor, rpb: torch.Tensor):
     """Adds rpb[h, (k-1) + dy/d, (k-1) + dx/d] to each score; its gradient reaches `rpb`."""
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        q_pos, k_pos = padded_order[q_idx], padded_order[kv_idx]
         # Also evaluated at masked entries of kept blocks: clamp the slot into the table.
-        row = torch.clamp((kernel_size - 1) + (k_pos // width - q_pos // width) // dilation, 0, 2 * kernel_size - 2)
-        col = torch.clamp((kernel_size - 1) + (k_pos % width - q_pos % width) // dilation, 0, 2 * kernel_size - 2)
+        row = torch.clamp(kernel_size - 1 + positions[ROW, kv_idx] - positions[ROW, q_idx], 0, 2 * kernel_size - 2)
+        col = torch.clamp(kernel_size - 1 + positions[COL, kv_idx] - positions[COL, q_idx], 0, 2 * kernel_size - 2)
         return score + rpb[h, row, col].to(score.dtype)
 
     return score_mod
@@ -130,9 +147,9 @@ def na2d_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: in
     """Neighborhood attention by FlexAttention; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
     n = height * width
-    order, inverse, padded_order, *_ = _layout(height, width, kernel_size, dilation, q.device)
+    order, inverse, positions, *_ = _layout(height, width, kernel_size, dilation, q.device)
     block_mask = _block_mask(height, width, kernel_size, dilation, q.device)
-    score_mod = None if rpb is None else _rpb_score_mod(width, kernel_size, dilation, padded_order, rpb)
+    score_mod = None if rpb is None else _rpb_score_mod(kernel_size, positions, rpb)
     q, k, v = (t.reshape(batch, heads, n, dim).index_select(2, order) for t in (q, k, v))
     # Inside a compiled graph flex_attention is captured and compiled with it.
     flex = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
