@@ -24,12 +24,14 @@ def _reference(q, k, v, kernel, dilation, rpb):
     return brute_force_na2d(*as64, kernel, dilation, None if rpb is None else rpb.double().cpu())
 
 
-def test_flex_backend_forward_matches_reference_on_cpu():
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 6e-2)])
+def test_flex_backend_forward_matches_reference_on_cpu(dtype, atol):
     # FlexAttention compiles its forward on CPU (no backward there); one small shape keeps this quick.
-    q, k, v, kernel, dilation, rpb = _case()
+    q, k, v, kernel, dilation, rpb = _case(dtype=dtype)
     with torch.no_grad():
         out = na2d(q, k, v, kernel, dilation, rpb, backend="flex")
-    assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < 1e-5
+    assert out.dtype == dtype
+    assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < atol
 
 
 def test_tiled_backend_matches_reference_on_cpu():
