@@ -73,6 +73,26 @@ def test_flex_block_mask_query_blocks_match_flex_attentions_own(height, width, k
         assert torch.equal(ours.q_indices[0, 0, row, :count], theirs.q_indices[0, 0, row, :count])
 
 
+def test_flex_block_pairs_visited_by_dinat_l_at_800x1216():
+    # FlexAttention does one block product per (query block, key block) pair it visits: the tile layout decides
+    # the work. Exact work is heads * H * W * k^2 scores per layer; 16x8 tiles visit 7.1x that over the 30
+    # layers (8x16 tiles: 8.0x, 4x32: 9.8x), so a layout regression shows here.
+    from dinat_m2f.config import get_project_cfg
+    from dinat_m2f.layers.na_flex import BLOCK, _layout
+
+    cfg = get_project_cfg()
+    cfg.merge_from_file("configs/coco/panoptic/dinat_l.yaml")
+    kernel = cfg.MODEL.DINAT.KERNEL_SIZE
+    visited = exact = 0
+    for stage, (dilations, heads) in enumerate(zip(cfg.MODEL.DINAT.DILATIONS, cfg.MODEL.DINAT.NUM_HEADS)):
+        height, width = 800 // 4 >> stage, 1216 // 4 >> stage
+        for dilation in dilations:
+            kv_num_blocks = _layout(height, width, kernel, dilation, torch.device("cpu"))[3]
+            visited += heads * kv_num_blocks.sum().item() * BLOCK * BLOCK
+            exact += heads * height * width * kernel * kernel
+    assert visited / exact < 7.2
+
+
 NATTEN = natten_na2d() is not None
 
 

@@ -1,7 +1,7 @@
 """Neighborhood attention through torch FlexAttention (the GPU backend).
 
 The H*W positions are reordered so that every dilation group is contiguous and, inside a group, tiles of
-8x16 positions are contiguous: a 128-query block then needs only the few key blocks that its windows cover.
+16x8 positions are contiguous: a 128-query block then needs only the few key blocks that its windows cover.
 The BlockMask is built from that window structure (never by evaluating the mask densely over (H*W)^2), the
 mask_mod keeps each query's exact k x k window, and the score_mod adds the relative positional bias (its
 gradient reaches `rpb`). Both read a per-position table (dilation group, group coordinates, window starts),
@@ -18,7 +18,10 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from .na_plan import window_start
 
 BLOCK = 128
-TILE = (8, 16)
+# Rows x columns of one 128-position tile. FlexAttention's work is one block product per (query block, key
+# block) pair visited; over DiNAT-L's 30 layers at 800x1216, 16x8 tiles visit 11% fewer pairs than 8x16, 28%
+# fewer than 4x32 (at 1024x1024: 1% more than 8x16); tests/test_na_backends.py keeps that count.
+TILE = (16, 8)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,7 +44,7 @@ def _axis_windows(length: int, kernel_size: int, dilation: int) -> torch.Tensor:
 
 
 def _sequence_order(height: int, width: int, dilation: int) -> torch.Tensor:
-    """order[s] = flat position (i * W + j) placed at sequence index s: groups, then 8x16 tiles, then rows."""
+    """order[s] = flat position (i * W + j) placed at sequence index s: groups, then 16x8 tiles, then rows."""
     i = torch.arange(height).view(-1, 1).expand(height, width)
     j = torch.arange(width).view(1, -1).expand(height, width)
     pi, pj = i // dilation, j // dilation
