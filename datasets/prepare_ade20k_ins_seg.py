@@ -10,11 +10,9 @@ Writes  <root>/ADEChallengeData2016/ade20k_instance_{train,val}.json: "images" (
         "categories" (ids = 0-based ADE20K 150-class ids, e.g. 7 "bed", 12 "person").
 <root> is --root, else $DETECTRON2_DATASETS, else ./datasets.
 """
-import argparse
 import json
 import os
 import sys
-from multiprocessing import Pool
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -22,6 +20,7 @@ import pycocotools.mask as mask_util
 from PIL import Image
 
 from dinat_m2f.data.datasets.ade20k_categories import ADE20K_150_NAMES, ADE20K_INSTANCE_IDS, read_ade20k_instances
+from dinat_m2f.data.datasets.prepare import parse_prepare_args, run_jobs
 
 SPLITS = {"train": "training", "val": "validation"}
 
@@ -48,10 +47,7 @@ def annotate_image(job: Tuple[int, str, str]) -> Tuple[Dict, List[Dict]]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
-    parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args(argv)
+    args = parse_prepare_args(__doc__, argv)
 
     ade = os.path.join(args.root, "ADEChallengeData2016")
     categories = [{"id": i, "name": ADE20K_150_NAMES[i]} for i in ADE20K_INSTANCE_IDS]
@@ -67,11 +63,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             (i + 1, os.path.join(image_dir, n), os.path.join(instance_dir, os.path.splitext(n)[0] + ".png"))
             for i, n in enumerate(names)
         ]
-        if args.workers > 1:
-            with Pool(args.workers) as pool:
-                results = pool.map(annotate_image, jobs, chunksize=32)
-        else:
-            results = [annotate_image(job) for job in jobs]
+        results = run_jobs(annotate_image, jobs, args.workers)
         annotations = [ann for _, anns in results for ann in anns]
         for i, ann in enumerate(annotations):
             ann["id"] = i + 1

@@ -12,11 +12,9 @@ Stuff segments come from the semantic map, thing segments from the instance map,
 they overlap; pixels of thing classes outside any instance, and "other", are void.
 <root> is --root, else $DETECTRON2_DATASETS, else ./datasets.
 """
-import argparse
 import json
 import os
 import sys
-from multiprocessing import Pool
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +22,7 @@ from panopticapi.utils import id2rgb
 from PIL import Image
 
 from dinat_m2f.data.datasets.ade20k_categories import ADE20K_150_CATEGORIES, read_ade20k_instances
+from dinat_m2f.data.datasets.prepare import parse_prepare_args, run_jobs
 
 SPLITS = {"train": "training", "val": "validation"}
 IS_THING = np.array([c["isthing"] for c in ADE20K_150_CATEGORIES], dtype=bool)
@@ -80,10 +79,7 @@ def convert_image(job: Tuple[int, str, str, str, str]) -> Tuple[Dict, Dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
-    parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args(argv)
+    args = parse_prepare_args(__doc__, argv)
 
     ade = os.path.join(args.root, "ADEChallengeData2016")
     categories = [dict(c, supercategory="") for c in ADE20K_150_CATEGORIES]
@@ -104,11 +100,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             stem = os.path.splitext(name)[0]
             jobs.append((i + 1, os.path.join(image_dir, name), os.path.join(semantic_dir, stem + ".png"),
                          os.path.join(instance_dir, stem + ".png"), output_dir))  # fmt: skip
-        if args.workers > 1:
-            with Pool(args.workers) as pool:
-                results = pool.map(convert_image, jobs, chunksize=32)
-        else:
-            results = [convert_image(job) for job in jobs]
+        results = run_jobs(convert_image, jobs, args.workers)
         output = os.path.join(ade, f"ade20k_panoptic_{split}.json")
         with open(output, "w") as f:
             json.dump({"images": [r[0] for r in results], "annotations": [r[1] for r in results],

@@ -6,14 +6,14 @@ Writes  <root>/ADEChallengeData2016/annotations_detectron2/{training,validation}
         (class ids 0..149, 255 = ignore), which "ade20k_sem_seg_*" and "ade20k_panoptic_*" read.
 <root> is --root, else $DETECTRON2_DATASETS, else ./datasets.
 """
-import argparse
 import os
 import sys
-from multiprocessing import Pool
 from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
+
+from dinat_m2f.data.datasets.prepare import parse_prepare_args, run_jobs
 
 SPLITS = ("training", "validation")
 
@@ -28,10 +28,7 @@ def convert_file(paths: Tuple[str, str]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
-    parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args(argv)
+    args = parse_prepare_args(__doc__, argv)
 
     ade = os.path.join(args.root, "ADEChallengeData2016")
     for split in SPLITS:
@@ -45,12 +42,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             for name in sorted(os.listdir(source_dir))
             if name.endswith(".png")
         ]
-        if args.workers > 1:
-            with Pool(args.workers) as pool:
-                pool.map(convert_file, jobs, chunksize=64)
-        else:
-            for job in jobs:
-                convert_file(job)
+        run_jobs(convert_file, jobs, args.workers)
         print(f"{split}: wrote {len(jobs)} label maps to {target_dir}")
 
 

@@ -7,18 +7,18 @@ Writes  <root>/coco/panoptic_semseg_{train,val}2017/*.png: per pixel the contigu
 These are the semantic labels of "coco_2017_*_panoptic_with_sem_seg" and "coco_2017_*_panoptic_sem_seg".
 <root> is --root, else $DETECTRON2_DATASETS, else ./datasets.
 """
-import argparse
 import functools
 import json
 import os
 import sys
-from multiprocessing import Pool
 from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from panopticapi.utils import rgb2id
 from PIL import Image
+
+from dinat_m2f.data.datasets.prepare import parse_prepare_args, run_jobs
 
 SPLITS = ("train", "val")
 
@@ -32,10 +32,7 @@ def convert_annotation(annotation: Dict, panoptic_dir: str, semantic_dir: str, i
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
-    parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args(argv)
+    args = parse_prepare_args(__doc__, argv)
 
     id_map = {category["id"]: i for i, category in enumerate(COCO_CATEGORIES)}
     coco = os.path.join(args.root, "coco")
@@ -53,12 +50,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         convert = functools.partial(
             convert_annotation, panoptic_dir=panoptic_dir, semantic_dir=semantic_dir, id_map=id_map
         )
-        if args.workers > 1:
-            with Pool(args.workers) as pool:
-                pool.map(convert, annotations, chunksize=64)
-        else:
-            for annotation in annotations:
-                convert(annotation)
+        run_jobs(convert, annotations, args.workers)
         print(f"{split}: wrote {len(annotations)} semantic label maps to {semantic_dir}")
 
 
