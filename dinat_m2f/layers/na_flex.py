@@ -15,7 +15,6 @@ import functools
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from .na_plan import window_start
 
 BLOCK = 128
 # Rows x columns of one 128-position tile. FlexAttention's work is one block product per (query block, key
@@ -32,15 +31,20 @@ def _compiled_flex():
     return torch.compile(flex_attention)
 
 
+def _axis_starts(length: int, kernel_size: int, dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(member, window start) of each coordinate of one axis, in group coordinates (NATTEN's shifted windows:
+    clamp(member - k//2, 0, group length - k))."""
+    coordinate = torch.arange(length)
+    residue, member = coordinate % dilation, coordinate // dilation
+    group_len = (length - residue + dilation - 1) // dilation
+    return member, torch.minimum((member - kernel_size // 2).clamp(min=0), group_len - kernel_size)
+
+
 def _axis_windows(length: int, kernel_size: int, dilation: int) -> torch.Tensor:
     """(length, k) key positions of each query of one axis."""
-    rows = []
-    for i in range(length):
-        r, p = i % dilation, i // dilation
-        group_len = -(-(length - r) // dilation)
-        start = window_start(p, group_len, kernel_size)
-        rows.append([(start + n) * dilation + r for n in range(kernel_size)])
-    return torch.tensor(rows)
+    _, start = _axis_starts(length, kernel_size, dilation)
+    residue = torch.arange(length) % dilation
+    return (start[:, None] + torch.arange(kernel_size)) * dilation + residue[:, None]
 
 
 def _sequence_order(height: int, width: int, dilation: int) -> torch.Tensor:
@@ -67,11 +71,9 @@ def _position_table(height: int, width: int, kernel_size: int, dilation: int, or
     table = torch.full((5, padded_len), -1, dtype=torch.int32)
     table[GROUP, :order.numel()] = (i % dilation) * dilation + j % dilation
     for axis, start_axis, coordinate, length in ((ROW, ROW_START, i, height), (COL, COL_START, j, width)):
-        residue, member = coordinate % dilation, coordinate // dilation
-        group_len = (length - residue + dilation - 1) // dilation
-        start = torch.minimum((member - kernel_size // 2).clamp(min=0), group_len - kernel_size)
-        table[axis, :order.numel()] = member
-        table[start_axis, :order.numel()] = start
+        member, start = _axis_starts(length, kernel_size, dilation)
+        table[axis, :order.numel()] = member[coordinate]
+        table[start_axis, :order.numel()] = start[coordinate]
     return table
 
 
