@@ -1,3 +1,4 @@
+from .drop_path import DropPath
 from .neighborhood_attention import BACKENDS, NeighborhoodAttention2D, na2d, na_backend, select_backend
 
-__all__ = ["na2d", "NeighborhoodAttention2D", "na_backend", "select_backend", "BACKENDS"]
+__all__ = ["na2d", "NeighborhoodAttention2D", "na_backend", "select_backend", "BACKENDS", "DropPath"]

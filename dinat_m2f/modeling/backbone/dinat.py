@@ -11,7 +11,7 @@ import torch
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import nn
 
-from ...layers import NeighborhoodAttention2D
+from ...layers import DropPath, NeighborhoodAttention2D
 
 __all__ = ["DiNAT", "D2DiNAT", "DINAT_VARIANTS", "build_dinat_variant"]
 
@@ -38,24 +38,6 @@ DINAT_VARIANTS: dict[str, dict] = {
     "large": dict(embed_dim=192, depths=[3, 4, 18, 5], num_heads=[6, 12, 24, 48], mlp_ratio=2.0,
                   drop_path_rate=0.35),
 }
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops the residual branch per sample while training."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 class ConvTokenizer(nn.Module):
