@@ -1,10 +1,8 @@
 """Shared test helpers: the reference fixtures live in ../shared/fixtures beside the project root."""
-from pathlib import Path
 
 import pytest
 import torch
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+from project_paths import FIXTURES
 
 
 def load_fixture(name: str):

@@ -1,6 +1,5 @@
 """The nine DiNAT-L configs: plain YAML, no unknown keys, the table of issue 3, and the model they build
 (on the meta device: shapes without memory or time)."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,8 @@ import dinat_m2f.data  # noqa: F401  (registers the datasets the configs name)
 import dinat_m2f.maskformer_model  # noqa: F401  (registers the model)
 import dinat_m2f.modeling.backbone.dinat  # noqa: F401
 from dinat_m2f.config import get_project_cfg
+from project_paths import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # config: (classes, queries, MAX_ITER, LR scheduler, mapper, (SEMANTIC_ON, INSTANCE_ON, PANOPTIC_ON))
 TABLE = {

@@ -7,9 +7,9 @@
 
 Inference runs the full model with the config's post-processing (panoptic, instance, semantic) on random
 images, --batch of them per call. --compile runs the backbone and the segmentation head through torch.compile
-(post-processing stays eager); the warm-up call compiles. Training (--train) runs optimizer steps on --train-batch random LSJ-sized images with generated
-instance targets, under autocast in --precision, as train_net.py does. Weights are random unless
-MODEL.WEIGHTS is given: speed does not depend on them.
+(post-processing stays eager); the warm-up call compiles. Training (--train) runs optimizer steps on
+--train-batch random LSJ-sized images with generated instance targets, under autocast in --precision, as
+train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does not depend on them.
 """
 from __future__ import annotations
 

@@ -70,7 +70,9 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
 
-    def loss_labels(self, outputs: dict, targets: Targets, indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+    def loss_labels(
+        self, outputs: dict, targets: Targets, indices: Indices, num_masks: float
+    ) -> Dict[str, torch.Tensor]:
         src_logits = outputs["pred_logits"].float()
         batch_idx, src_idx = self._src_permutation_idx(indices)
         target_classes = torch.full(
@@ -80,7 +82,9 @@ class SetCriterion(nn.Module):
         loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
         return {"loss_ce": loss_ce}
 
-    def loss_masks(self, outputs: dict, targets: Targets, indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+    def loss_masks(
+        self, outputs: dict, targets: Targets, indices: Indices, num_masks: float
+    ) -> Dict[str, torch.Tensor]:
         batch_idx, src_idx = self._src_permutation_idx(indices)
         src_masks = outputs["pred_masks"][batch_idx, src_idx].float()[:, None]
         # Targets of one batch share the padded image size (see MaskFormer.prepare_targets).

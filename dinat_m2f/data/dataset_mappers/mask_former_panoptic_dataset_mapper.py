@@ -27,7 +27,9 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image, pan_seg, segments_info = read_image_with_panoptic(dataset_dict, self.image_format, "mask_former_panoptic")
+        image, pan_seg, segments_info = read_image_with_panoptic(
+            dataset_dict, self.image_format, "mask_former_panoptic"
+        )
         if "sem_seg_file_name" in dataset_dict:
             sem_seg = read_label_map(dataset_dict.pop("sem_seg_file_name"))
         else:

@@ -72,7 +72,8 @@ def load_cityscapes_instances_from_pngs(image_dir: str, gt_dir: str) -> List[Dic
         raise FileNotFoundError(f"{files[0][1]} does not exist. {_DOWNLOAD}")
     with mp.Pool(min(8, mp.cpu_count())) as pool:
         records = pool.map(_instance_record, files, chunksize=16)
-    contiguous = {l.id: i for i, l in enumerate(l for l in labels if l.hasInstances and not l.ignoreInEval)}
+    evaluated = (label for label in labels if label.hasInstances and not label.ignoreInEval)
+    contiguous = {label.id: i for i, label in enumerate(evaluated)}
     for record in records:
         for ann in record["annotations"]:
             ann["category_id"] = contiguous[ann["category_id"]]

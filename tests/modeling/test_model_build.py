@@ -1,5 +1,4 @@
 """Building the model from a config: bad names and class counts fail at build time with clear errors."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,7 @@ import dinat_m2f.data  # noqa: F401  (registers the datasets the configs name)
 import dinat_m2f.maskformer_model  # noqa: F401  (registers the model)
 import dinat_m2f.modeling.backbone.dinat  # noqa: F401
 from dinat_m2f.config import get_project_cfg
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from project_paths import CONFIGS
 
 
 def build_on_meta(config: str, **overrides):

@@ -15,8 +15,10 @@ from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.config import get_project_cfg
 from dinat_m2f.modeling.backbone.dinat import D2DiNAT, DiNAT
 from log_capture import RecordLogs
+from project_paths import REPO
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert-pretrained-dinat-model-to-d2.py"
+
+TOOL = REPO / "tools" / "convert-pretrained-dinat-model-to-d2.py"
 _spec = importlib.util.spec_from_file_location("convert_dinat", TOOL)
 convert_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(convert_tool)

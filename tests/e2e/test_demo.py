@@ -25,8 +25,8 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from panopticapi.utils import rgb2id
 from PIL import Image
+from project_paths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "demo"))
 import demo  # noqa: E402
 from predictor import Predictor  # noqa: E402

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from project_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "panoptic" / "dinat_mini.yaml"
 
 # A tiny model on tiny images so that each run takes seconds on 2 CPU cores.

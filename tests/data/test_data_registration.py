@@ -4,7 +4,6 @@ import contextlib
 import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,7 @@ from dinat_m2f.data.datasets.ade20k_categories import (
 )
 from dinat_m2f.data.datasets.register_ade20k import register_ade20k_instance, register_ade20k_panoptic
 from dinat_m2f.data.datasets.register_coco import register_coco_panoptic_with_sem_seg
-
-REPO = Path(__file__).resolve().parents[1]
+from project_paths import REPO
 
 
 def load_script(name):

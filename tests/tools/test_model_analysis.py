@@ -1,10 +1,9 @@
 """tools/analyze_model.py: parameter counts and FLOP handles for neighborhood and deformable attention."""
 import importlib.util
-from pathlib import Path
 
 import pytest
+from project_paths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 COCO_PANOPTIC = str(ROOT / "configs" / "coco" / "panoptic" / "dinat_l.yaml")
 
 
