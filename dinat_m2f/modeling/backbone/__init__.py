@@ -1,0 +1,1 @@
+from . import swin  # noqa: F401  (registers D2SwinTransformer)
