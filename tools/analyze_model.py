@@ -12,6 +12,7 @@ papers, one multiply-add is one FLOP. fvcore does not know some ops; they get ha
 - multi-scale deformable attention: per sampled value, 4 for bilinear interpolation (aten::grid_sampler)
   and 1 for its attention weight.
 - scaled_dot_product_attention (nn.MultiheadAttention): QK and AV, each B * heads * Lq * Lk * D.
+  Swin's window attention runs in it too: Lq = Lk = M*M per window, over the map padded to the window.
 Elementwise ops (softmax, additions, activations) are not counted, as in fvcore.
 """
 import argparse

@@ -1,7 +1,8 @@
-"""tools/analyze_model.py: parameter counts and FLOP handles for neighborhood and deformable attention."""
+"""tools/analyze_model.py: parameter counts and FLOP handles for neighborhood, deformable and window attention."""
 import importlib.util
 
 import pytest
+import torch
 from project_paths import REPO as ROOT
 
 COCO_PANOPTIC = str(ROOT / "configs" / "coco" / "panoptic" / "dinat_l.yaml")
@@ -54,3 +55,29 @@ def test_flops_count_neighborhood_and_deformable_attention(analyze_model):
     assert by_operator["grid_sampler"] == 5 * tokens * 3 * 4 * 32
     assert by_operator["scaled_dot_product_attention"] > 0
     assert total == sum(by_operator.values())
+
+
+def test_flops_count_swin_window_attention_over_the_padded_windows(analyze_model):
+    """Swin's window attention runs in scaled_dot_product_attention and is counted by its handle: QK and AV,
+    each tokens * M*M * C per block, over the maps padded to the window (128x128, window 7: 32 -> 35,
+    16 -> 21, 8 -> 14, 4 -> 7)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from dinat_m2f.modeling.backbone.swin import from_reference_config
+
+    embed_dim, window, depths = 16, 7, [2, 2, 2, 2]
+    backbone = from_reference_config(dict(embed_dim=embed_dim, depths=depths, num_heads=[1, 2, 4, 8],
+                                          window_size=window)).eval()
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(backbone, (torch.randn(1, 3, 128, 128),))
+        analysis.set_op_handle("aten::scaled_dot_product_attention", analyze_model.sdpa_flop_handle)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        by_operator = analysis.by_operator()
+    padded = [35, 21, 14, 7]
+    expected = sum(depth * 2 * side * side * window * window * embed_dim * 2 ** i
+                   for i, (side, depth) in enumerate(zip(padded, depths)))
+    assert by_operator["scaled_dot_product_attention"] == expected
+
+    cfg = analyze_model.load_cfg(str(ROOT / "configs" / "synthetic" / "panoptic" / "swin_mini.yaml"), [])
+    total, by_operator = analyze_model.count_flops(cfg, 160, 160)
+    assert total == sum(by_operator.values()) and by_operator["scaled_dot_product_attention"] > 0
