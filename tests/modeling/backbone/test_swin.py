@@ -101,6 +101,34 @@ def test_any_input_size_runs_with_the_padded_shapes(height, width):
     assert backbone.layers[0].blocks[1].attn.relative_position_bias_table.grad is not None
 
 
+def test_absolute_position_embedding_is_resized_to_the_input_grid():
+    """APE: a (1, C, S/4, S/4) table for the pre-training size S, resized bicubically to each input's grid
+    and added to the patch embedding: the same as a model without APE whose stem adds the resized table."""
+    torch.manual_seed(0)
+    backbone = _tiny(ape=True, pretrain_img_size=32).eval()
+    assert backbone.state_dict()["absolute_pos_embed"].shape == (1, 16, 8, 8)
+    without = _tiny().eval()
+    without.load_state_dict({k: v for k, v in backbone.state_dict().items() if k != "absolute_pos_embed"})
+    x = torch.randn(1, 3, 44, 52)
+    with torch.no_grad():
+        pos = F.interpolate(backbone.absolute_pos_embed, size=(11, 13), mode="bicubic").permute(0, 2, 3, 1)
+        embed = without.patch_embed(x)
+        without.patch_embed.forward = lambda image: embed + pos
+        torch.testing.assert_close(without(x)["res2"], backbone(x)["res2"], rtol=0, atol=1e-6)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = _tiny(drop_path_rate=0.0).train()
+    checkpointed = _tiny(drop_path_rate=0.0, use_checkpoint=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 40, 36)
+    for model in (plain, checkpointed):
+        sum(f.square().sum() for f in model(x).values()).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_patch_embed_and_merging_pad_odd_sizes_with_zeros():
     torch.manual_seed(0)
     embed = PatchEmbed(patch_size=4, in_chans=3, embed_dim=8, patch_norm=True)
