@@ -123,11 +123,30 @@ def add_dinat_config(cfg: CN) -> None:
     cfg.MODEL.DINAT.FROZEN_STAGES = -1
 
 
+def add_coatnet_config(cfg: CN) -> None:
+    """Add the ``MODEL.COATNET`` keys of the CoAtNet backbone (timm's layouts; CoAtNet-0 rw defaults)."""
+    cfg.MODEL.COATNET = CN()
+    # A name of dinat_m2f.modeling.backbone.coatnet.VARIANTS: block flags and layout.
+    cfg.MODEL.COATNET.VARIANT = "coatnet_0_rw_224"
+    # Replace the variant's layout (empty / 0: keep the variant's).
+    cfg.MODEL.COATNET.EMBED_DIM = []
+    cfg.MODEL.COATNET.DEPTHS = []
+    cfg.MODEL.COATNET.STEM_WIDTH = []
+    cfg.MODEL.COATNET.DIM_HEAD = 0
+    # Image size (H, W) the relative-position tables were trained at (empty: the variant's, 224x224).
+    cfg.MODEL.COATNET.PRETRAIN_IMG_SIZE = []
+    cfg.MODEL.COATNET.DROP_PATH_RATE = 0.0
+    # Attention window in tokens at stride 16 (half as many at stride 32) for maps larger than it; 0: global.
+    cfg.MODEL.COATNET.ATTN_WINDOW = 0
+    cfg.MODEL.COATNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
 def get_project_cfg() -> CN:
     """detectron2's defaults plus every key of this project."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_dinat_config(cfg)
+    add_coatnet_config(cfg)
     add_maskformer2_config(cfg)
     return cfg
