@@ -174,10 +174,10 @@ def bias_from_table(table: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """(heads, 2h-1, 2w-1) offset table -> (1, heads, N, N) bias between the N = h*w tokens (row-major):
     query (yi, xi), key (yj, xj) take table[:, yi - yj + h - 1, xi - xj + w - 1]."""
     height, width = grid
-    rows = _offset_index(height).to(table.device)
-    cols = _offset_index(width).to(table.device)
-    bias = table[:, rows][..., cols]  # (heads, h_q, h_k, w_q, w_k)
-    return bias.permute(0, 1, 3, 2, 4).reshape(1, table.shape[0], height * width, height * width)
+    rows = _offset_index(height).to(table.device)[:, None, :, None]
+    cols = _offset_index(width).to(table.device)[None, :, None, :]
+    bias = table[:, rows, cols]  # (heads, y_q, x_q, y_k, x_k), gathered once in its final layout
+    return bias.view(1, table.shape[0], height * width, height * width)
 
 
 class _GridBias(nn.Module):
