@@ -47,10 +47,10 @@ def datasets_root(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
-def run_train_net(datasets_root, *args, expect_ok=True, timeout=300):
+def run_train_net(datasets_root, *args, expect_ok=True, timeout=300, config=CONFIG):
     """Run train_net.py with the synthetic panoptic config; ``args``: flags first, then KEY VALUE pairs."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
-    command = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(CONFIG), *args]
+    command = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(config), *args]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     if expect_ok:
