@@ -144,7 +144,7 @@ def _table_lengths(grid: Sequence[int]) -> tuple[int, int]:
 def resize_table(table: torch.Tensor, dst_lengths: tuple[int, int]) -> torch.Tensor:
     """Resize a (heads, 2h-1, 2w-1) offset table to dst_lengths with timm's rule (BEiT's geometric sampling,
     separable bilinear interpolation): unchanged if both lengths match, else both axes re-sampled (an axis
-    of the same length too). Computed in float32; differentiable in the table."""
+    of the same length too). Computed in float32 (float64 for a float64 table); differentiable in the table."""
     if tuple(table.shape[1:]) == tuple(dst_lengths):
         return table
     dtype = torch.promote_types(table.dtype, torch.float32)
@@ -400,6 +400,7 @@ class MbConvBlock(nn.Module):
         return self.drop_path(self.conv3_1x1(x)) + shortcut
 
 
+@functools.lru_cache(maxsize=64)
 def _window_layout(length: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of `window` along an axis of `length` (one window of `length` if it fits), the last one moved
     back inside the map instead of padded. Returns the gather index (windows * size,) and, per position,
