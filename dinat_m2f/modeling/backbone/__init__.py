@@ -1,1 +1,1 @@
-from . import swin  # noqa: F401  (registers D2SwinTransformer)
+from . import coatnet, swin  # noqa: F401  (register D2CoAtNet, D2SwinTransformer)
