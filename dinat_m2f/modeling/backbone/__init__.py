@@ -1,1 +1,2 @@
-from . import coatnet, swin  # noqa: F401  (register D2CoAtNet, D2SwinTransformer)
+from . import coatnet  # noqa: F401  (registers D2CoAtNet)
+from . import swin  # noqa: F401  (registers D2SwinTransformer)
