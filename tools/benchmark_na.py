@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Benchmark neighborhood attention: time and peak memory of `na2d` per backend, shape and dtype.
 
-Shapes are the four DiNAT-L stages (kernel 11, head dim 32, the largest dilation of each stage) at an
---image x --image input, plus the reference layer of the performance issue (200x200 map, 6 heads, d=14).
-A "gather" row is a plain gather implementation (keys/values gathered per query), the usual baseline.
+Shapes are the four DiNAT-L stages (kernel 11, head dim 32, the largest dilation of each stage) at each
+--image input (N for N x N, or HxW), plus the reference layer of the performance issue (200x200 map, 6 heads,
+d=14). A "gather" row is a plain gather implementation (keys/values gathered per query), the usual baseline.
 "natten" rows (NATTEN >= 0.20, the default when importable) always run without RPB, which NATTEN dropped;
 the ratio columns compare every row with them. Each measurement runs in a fresh process so CPU peak memory
 (max RSS growth) is its own; on CPU that process may use 3/4 of the RAM, beyond it the row reads n/a.
+--one-process measures every row in one worker instead: faster (compiled kernels are reused), and CUDA peak
+memory stays per row (allocator statistics), while CPU peak memory then includes the earlier rows.
 
     python tools/benchmark_na.py                        # CPU, float32, tiled + gather (+ natten), 640x640
     python tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,natten,gather --image 1024
+    python tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,gather --image 1024,800x1216 \
+        --one-process
 """
 from __future__ import annotations
 
@@ -65,8 +69,8 @@ def _measure(spec: dict) -> dict:
     from dinat_m2f.layers import na2d
 
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
-    size, heads, dilation, kernel = spec["size"], spec["heads"], spec["dilation"], spec["kernel"]
-    shape = (spec["batch"], heads, size, size, 32)
+    height, width, heads, dilation, kernel = (spec[key] for key in ("height", "width", "heads", "dilation", "kernel"))
+    shape = (spec["batch"], heads, height, width, 32)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
     rpb = torch.randn(heads, 2 * kernel - 1, 2 * kernel - 1, device=device, dtype=dtype) if spec["rpb"] else None
 
@@ -117,36 +121,65 @@ def _measure(spec: dict) -> dict:
     return result
 
 
+def _image_sizes(text: str) -> list[tuple[int, int]]:
+    """"1024,800x1216" -> [(1024, 1024), (800, 1216)]."""
+    sizes = []
+    for item in text.split(","):
+        height, x, width = item.partition("x")
+        if not (height.isdigit() and (width.isdigit() if x else not width)):
+            raise argparse.ArgumentTypeError(f"--image: expected N or HxW, got {item!r}")
+        sizes.append((int(height), int(width if x else height)))
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--backends", default=None, help="comma-separated, of tiled, flex, natten, gather "
                         "(default: tiled,gather, and natten when importable)")
-    parser.add_argument("--image", type=int, default=640)
+    parser.add_argument("--image", type=_image_sizes, default="640",
+                        help="input sizes, comma-separated: N (N x N) or HxW, e.g. 1024,800x1216")
+    parser.add_argument("--no-reference-layer", action="store_true", help="without the 200x200 reference layer")
+    parser.add_argument("--one-process", action="store_true", help="measure all rows in one worker process")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-rpb", action="store_true", help="without RPB (what NATTEN's fused kernels support)")
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--json", help="also write the rows to this file (rewritten after each row)")
     args = parser.parse_args()
     backends = args.backends or "tiled,gather" + (",natten" if natten_na2d() is not None else "")
 
     specs = []
-    rows = [(args.image // stride, heads, dilation) for stride, heads, dilation in DINAT_L_STAGES]
-    rows.append((200, 6, 14))  # the reference layer of the performance issue
-    for size, heads, dilation in rows:
+    rows = [(f"{h}x{w}", h // stride, w // stride, heads, dilation)
+            for h, w in args.image for stride, heads, dilation in DINAT_L_STAGES]
+    if not args.no_reference_layer:
+        rows.append(("reference layer", 200, 200, 6, 14))  # the reference layer of the performance issue
+    for image, height, width, heads, dilation in rows:
         for dtype in args.dtypes.split(","):
             for backend in backends.split(","):
-                specs.append(dict(device=args.device, dtype=dtype, backend=backend, size=size, heads=heads,
-                                  dilation=min(dilation, size // 11), kernel=11, batch=args.batch,
-                                  rpb=not args.no_rpb and backend != "natten", threads=args.threads,
-                                  repeats=args.repeats))
+                specs.append(dict(device=args.device, dtype=dtype, backend=backend, image=image, height=height,
+                                  width=width, heads=heads, dilation=min(dilation, min(height, width) // 11),
+                                  kernel=11, batch=args.batch, rpb=not args.no_rpb and backend != "natten",
+                                  threads=args.threads, repeats=args.repeats))
     context = mp.get_context("spawn")
     results = []
-    for spec in specs:
+
+    def measure(pool, spec: dict) -> None:
+        results.append(pool.apply(_measure, (spec,)))
+        if args.json:  # after each row (whole, by a rename), so a run stopped part way keeps what it measured
+            with open(args.json + ".partial", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(args.json + ".partial", args.json)
+
+    if args.one_process:
         with context.Pool(1) as pool:
-            results.append(pool.apply(_measure, (spec,)))
+            for spec in specs:
+                measure(pool, spec)
+    else:
+        for spec in specs:
+            with context.Pool(1) as pool:
+                measure(pool, spec)
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     print(f"na2d, kernel 11, head dim 32, batch {args.batch}, torch {torch.__version__}, "
@@ -154,23 +187,20 @@ def main() -> None:
     print("| map | heads | dilation | dtype | backend | rpb | forward ms | fwd+bwd ms | peak MB "
           "| fwd / natten | fwd+bwd / natten |")
     print("|" + "---|" * 11)
-    natten = {(r["size"], r["dtype"]): r for r in results if r["backend"] == "natten"}
+    natten = {(r["height"], r["width"], r["dtype"]): r for r in results if r["backend"] == "natten"}
 
     def ms(seconds: float | None) -> str:
         return f"{seconds * 1e3:.1f}" if seconds else "n/a"
 
     def ratio(r: dict, key: str) -> str:
-        ours, theirs = r.get(key), natten.get((r["size"], r["dtype"]), {}).get(key)
+        ours, theirs = r.get(key), natten.get((r["height"], r["width"], r["dtype"]), {}).get(key)
         return f"{ours / theirs:.3g}x" if ours and theirs else "-"
 
     for r in results:
-        cells = [f"{r['size']}x{r['size']}", str(r["heads"]), str(r["dilation"]), r["dtype"], r["backend"],
+        cells = [f"{r['height']}x{r['width']}", str(r["heads"]), str(r["dilation"]), r["dtype"], r["backend"],
                  "yes" if r["rpb"] else "no", ms(r.get("forward_s")), ms(r.get("train_s")), f"{r['peak_mb']:.0f}",
                  ratio(r, "forward_s"), ratio(r, "train_s")]
         print("| " + " | ".join(cells) + " |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
