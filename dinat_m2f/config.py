@@ -141,6 +141,24 @@ def add_coatnet_config(cfg: CN) -> None:
     cfg.MODEL.COATNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
+def add_hrvit_config(cfg: CN) -> None:
+    """Add the ``MODEL.HRVIT`` keys (this project's; the reference has no detectron2 config). A layout key left
+    at None takes VARIANT's value; with VARIANT "" every layout key must be set."""
+    cfg.MODEL.HRVIT = CN()
+    cfg.MODEL.HRVIT.VARIANT = "hrvit_b3"  # hrvit_b1, hrvit_b2, hrvit_b3 or ""
+    cfg.MODEL.HRVIT.CHANNELS = None  # stem width
+    cfg.MODEL.HRVIT.CHANNEL_LIST = None  # per module, one width per branch
+    cfg.MODEL.HRVIT.BLOCK_LIST = None  # per module, one block count per branch
+    cfg.MODEL.HRVIT.DIM_HEAD = None
+    cfg.MODEL.HRVIT.WS_LIST = None  # stripe width per branch
+    cfg.MODEL.HRVIT.MLP_RATIO_LIST = None  # MixCFN ratio per branch
+    cfg.MODEL.HRVIT.DROP_PATH_RATE = 0.1
+    # BN, SyncBN or FrozenBN (detectron2's get_norm names) for the stem, fusion and attention BatchNorms.
+    cfg.MODEL.HRVIT.NORM = "SyncBN"
+    cfg.MODEL.HRVIT.WITH_CP = False  # activation checkpointing of the blocks
+    cfg.MODEL.HRVIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
 def get_project_cfg() -> CN:
     """detectron2's defaults plus every key of this project."""
     from detectron2.config import get_cfg
@@ -149,4 +167,5 @@ def get_project_cfg() -> CN:
     add_dinat_config(cfg)
     add_coatnet_config(cfg)
     add_maskformer2_config(cfg)
+    add_hrvit_config(cfg)
     return cfg
