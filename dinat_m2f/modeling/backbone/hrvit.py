@@ -23,7 +23,7 @@ still pads the batch to ``size_divisibility`` (32), as for every backbone.
 
 Normalization. The stem, the fusion paths and the attention output use BatchNorm (``MODEL.HRVIT.NORM``,
 detectron2's `get_norm` names: "BN", "SyncBN", "FrozenBN"); the attention's BatchNorm1d over tokens is run as
-a 2D BatchNorm over the token map (same statistics, same state_dict). Mask2Former trains with 2 images per GPU,
+a 2D BatchNorm over (B * N, C, 1, 1) (same statistics, same state_dict). Mask2Former trains with 2 images per GPU,
 too few for batch statistics: the configs use "SyncBN" (statistics over all GPUs, 16 images on 8; a single
 process falls back to plain BN). "FrozenBN" keeps a checkpoint's statistics and affine fixed, for fine-tuning
 from trained weights at small total batch sizes (the checkpoints' ``num_batches_tracked`` are then ignored).
@@ -90,17 +90,18 @@ def stripe_attention(q: torch.Tensor, v: torch.Tensor, stripe: int, heads: int, 
         v = F.pad(v, (0, 0, 0, 0, 0, pad))
     stripes, length = (height + pad) // stripe, stripe * width
 
-    def split_heads(t: torch.Tensor) -> torch.Tensor:  # (B, stripes, heads, stripe * W, C / heads)
-        return t.reshape(batch, stripes, length, heads, channels // heads).transpose(2, 3)
+    # 4D (B * stripes, heads, stripe * W, C / heads): the layout CPU's fused SDPA kernel takes
+    def split_heads(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(batch * stripes, length, heads, channels // heads).transpose(1, 2)
 
     mask = None
     if pad:
-        rows = torch.arange(stripes * stripe, device=q.device).view(stripes, 1, 1, stripe, 1)
-        padded = (rows >= height).expand(stripes, 1, 1, stripe, width).reshape(stripes, 1, 1, length)
+        rows = torch.arange(stripes * stripe, device=q.device).view(1, stripes, stripe, 1)
+        padded = (rows >= height).expand(batch, stripes, stripe, width).reshape(batch * stripes, 1, 1, length)
         mask = torch.zeros(padded.shape, dtype=q.dtype, device=q.device).masked_fill(padded, _PAD_SCORE)
     v = split_heads(v)
     out = F.scaled_dot_product_attention(split_heads(q), v, v, attn_mask=mask, scale=scale)
-    return out.transpose(2, 3).reshape(batch, stripes * stripe, width, channels)[:, :height]
+    return out.transpose(1, 2).reshape(batch, stripes * stripe, width, channels)[:, :height]
 
 
 def half_heads(dim: int, dim_head: int) -> tuple[int, float]:
@@ -132,7 +133,7 @@ class HRViTAttention(nn.Module):
         self.parallel_conv = nn.Sequential(nn.Hardswish(), nn.Conv2d(dim, dim, 3, padding=1, groups=dim))
         self.act = nn.Hardswish()
         self.to_out = nn.Sequential(nn.Linear(dim, dim))
-        self.attn_bn = get_norm(norm, dim)  # a BatchNorm over all tokens, run on the token map
+        self.attn_bn = get_norm(norm, dim)  # a BatchNorm over all tokens, as (B * N, C, 1, 1)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch, _, dim = x.shape
@@ -144,7 +145,7 @@ class HRViTAttention(nn.Module):
         out = torch.cat([rows, columns], dim=-1).reshape(batch, height * width, dim)
         out = out + _map_to_tokens(self.parallel_conv(v.permute(0, 3, 1, 2)))
         out = self.to_out(self.act(out))
-        return _map_to_tokens(self.attn_bn(_tokens_to_map(out, height, width)))
+        return self.attn_bn(out.reshape(-1, dim, 1, 1)).view(batch, height * width, dim)
 
 
 def des_split(dim: int) -> tuple[int, int]:
@@ -167,8 +168,9 @@ class DES(nn.Module):
         self.proj_left = nn.Linear(self.k, self.k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.proj_right(x.unflatten(-1, (self.k, self.p))).transpose(-1, -2)
-        return self.proj_left(self.act(y)).transpose(-1, -2).flatten(-2)
+        # GELU before the swap of the two axes (elementwise, the same result; contiguous memory is faster)
+        y = self.act(self.proj_right(x.unflatten(-1, (self.k, self.p)))).transpose(-1, -2)
+        return self.proj_left(y).transpose(-1, -2).flatten(-2)
 
 
 class MixConv(nn.Module):
@@ -197,8 +199,8 @@ class MixCFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        x = self.conv(_tokens_to_map(self.fc1(x), height, width))
-        return self.fc2(self.act(_map_to_tokens(x)))
+        x = self.act(self.conv(_tokens_to_map(self.fc1(x), height, width)))
+        return self.fc2(_map_to_tokens(x))
 
 
 class HRViTBlock(nn.Module):
