@@ -13,6 +13,8 @@ papers, one multiply-add is one FLOP. fvcore does not know some ops; they get ha
   and 1 for its attention weight.
 - scaled_dot_product_attention (nn.MultiheadAttention): QK and AV, each B * heads * Lq * Lk * D.
   Swin's window attention runs in it too: Lq = Lk = M*M per window, over the map padded to the window.
+  So does HRViT's stripe attention: Lq = Lk = stripe rows x full width (or full height x stripe columns),
+  over the map padded to the stripe.
 Elementwise ops (softmax, additions, activations) are not counted, as in fvcore.
 """
 import argparse

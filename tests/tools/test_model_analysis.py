@@ -81,3 +81,30 @@ def test_flops_count_swin_window_attention_over_the_padded_windows(analyze_model
     cfg = analyze_model.load_cfg(str(ROOT / "configs" / "synthetic" / "panoptic" / "swin_mini.yaml"), [])
     total, by_operator = analyze_model.count_flops(cfg, 160, 160)
     assert total == sum(by_operator.values()) and by_operator["scaled_dot_product_attention"] > 0
+
+
+def test_flops_count_hrvit_stripe_attention_over_the_padded_stripes(analyze_model):
+    """HRViT's stripe attention is counted by the scaled_dot_product_attention handle: per block and channel
+    half, QK and AV, each stripes * (s * width)^2 * C/2, over the map padded to the stripe (96x96, maps 24, 12,
+    6, 3; stripes 1, 2, 7, 7: 6 -> 7 and 3 -> 7)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from dinat_m2f.modeling.backbone.hrvit import from_reference_config
+
+    layout = dict(channels=8, channel_list=[[8], [8, 16], [8, 16, 16], [8, 16, 16, 16]],
+                  block_list=[[1], [1, 1], [1, 1, 1], [1, 1, 1, 1]], dim_head=8, ws_list=[1, 2, 7, 7],
+                  mlp_ratio_list=[2, 2, 2, 2])
+    backbone = from_reference_config(layout).eval()
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(backbone, (torch.randn(1, 3, 96, 96),))
+        analysis.set_op_handle("aten::scaled_dot_product_attention", analyze_model.sdpa_flop_handle)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        by_operator = analysis.by_operator()
+    expected = 0
+    for dims, blocks in zip(layout["channel_list"], layout["block_list"]):
+        for i, (channels, count) in enumerate(zip(dims, blocks)):
+            side, stripe = 96 // 4 // 2 ** i, layout["ws_list"][i]
+            padded = -(-side // stripe) * stripe
+            # two halves (rows, columns), each (padded / stripe) stripes of stripe * side tokens
+            expected += count * 2 * 2 * (padded // stripe) * (stripe * side) ** 2 * (channels // 2)
+    assert by_operator["scaled_dot_product_attention"] == expected
