@@ -159,6 +159,31 @@ def add_hrvit_config(cfg: CN) -> None:
     cfg.MODEL.HRVIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
+def add_lavit_config(cfg: CN) -> None:
+    """Add the ``MODEL.LAVIT`` keys of this project's LaViT backbone (no reference exists: defaults are
+    this project's LaViT-T, ``dinat_m2f.modeling.backbone.lavit``)."""
+    cfg.MODEL.LAVIT = CN()
+    cfg.MODEL.LAVIT.EMBED_DIM = 96
+    cfg.MODEL.LAVIT.DEPTHS = [2, 2, 6, 2]
+    # The first VA_DEPTHS[m] layers of stage m are vanilla attention, the rest less-attention layers.
+    cfg.MODEL.LAVIT.VA_DEPTHS = [1, 1, 2, 1]
+    cfg.MODEL.LAVIT.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.LAVIT.PATCH_SIZE = 4
+    # Attention inside fixed WINDOW_SIZE x WINDOW_SIZE windows at every stage (any input size) ...
+    cfg.MODEL.LAVIT.WINDOW_SIZE = 8
+    # ... or the paper's global form: each stage's window is its whole map at PRETRAIN_IMG_SIZE.
+    cfg.MODEL.LAVIT.GLOBAL_ATTENTION = False
+    cfg.MODEL.LAVIT.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.LAVIT.MLP_RATIO = 4.0
+    cfg.MODEL.LAVIT.QKV_BIAS = True
+    cfg.MODEL.LAVIT.DROP_PATH_RATE = 0.2
+    # Initial LayerScale of the attention residual between stages.
+    cfg.MODEL.LAVIT.AR_LAYER_SCALE = 0.1
+    # Weight of the diagonality-preserving loss (loss_lavit_dp, summed over LA layers); 0 turns it off.
+    cfg.MODEL.LAVIT.DP_LOSS_WEIGHT = 1.0
+    cfg.MODEL.LAVIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
 def get_project_cfg() -> CN:
     """detectron2's defaults plus every key of this project."""
     from detectron2.config import get_cfg
@@ -168,4 +193,5 @@ def get_project_cfg() -> CN:
     add_coatnet_config(cfg)
     add_maskformer2_config(cfg)
     add_hrvit_config(cfg)
+    add_lavit_config(cfg)
     return cfg

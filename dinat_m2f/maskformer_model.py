@@ -184,7 +184,11 @@ class MaskFormer(nn.Module):
             targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
             losses = self.criterion(outputs, targets)
             weight_dict = self.criterion.weight_dict
-            return {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
+            losses = {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
+            # A backbone with a loss of its own (LaViT's loss_lavit_dp) returns it, weighted, after its forward.
+            if hasattr(self.backbone, "training_losses"):
+                losses.update(self.backbone.training_losses())
+            return losses
         return self.inference(outputs, batched_inputs, images.image_sizes, images.tensor.shape[-2:])
 
     def prepare_targets(self, targets: List[Instances], images: ImageList) -> List[Dict[str, torch.Tensor]]:
