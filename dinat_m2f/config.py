@@ -184,6 +184,21 @@ def add_lavit_config(cfg: CN) -> None:
     cfg.MODEL.LAVIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
+def add_timm_config(cfg: CN) -> None:
+    """Add the ``MODEL.TIMM`` keys of the generic timm backbone ``D2TimmBackbone`` (needs ``pip install .[timm]``)."""
+    cfg.MODEL.TIMM = CN()
+    # timm model name, e.g. "convnext_large"; built with features_only=True and random weights ...
+    cfg.MODEL.TIMM.NAME = ""
+    # ... then loaded from this local file (timm's layout: a state_dict, or one under "state_dict"/"model";
+    # .pth/.pt/.bin or .safetensors); "" keeps the random weights. Nothing is ever downloaded.
+    cfg.MODEL.TIMM.PRETRAINED_PATH = ""
+    # timm's out_indices; [] takes timm's default. The deepest feature at each stride 4, 8, 16, 32 becomes
+    # res2..res5.
+    cfg.MODEL.TIMM.OUT_INDICES = []
+    # Further keyword arguments of timm.create_model (plain values, e.g. drop_path_rate: 0.3).
+    cfg.MODEL.TIMM.KWARGS = CN(new_allowed=True)
+
+
 def get_project_cfg() -> CN:
     """detectron2's defaults plus every key of this project."""
     from detectron2.config import get_cfg
@@ -194,4 +209,5 @@ def get_project_cfg() -> CN:
     add_maskformer2_config(cfg)
     add_hrvit_config(cfg)
     add_lavit_config(cfg)
+    add_timm_config(cfg)
     return cfg
