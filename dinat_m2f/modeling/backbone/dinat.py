@@ -1,11 +1,15 @@
 """DiNAT: Dilated Neighborhood Attention Transformer (Hassani & Shi, 2022) as a detectron2 backbone.
+NAT (Hassani et al., 2022) is the same network with every dilation 1.
 
 Module and parameter names follow the original implementation so that the ImageNet and the
 Mask2Former-DiNAT checkpoints load unchanged (see shared/specs/mask2former.md, Backbone section).
+`VARIANTS` / `build_variant(name)` give the papers' ImageNet models, `from_reference_config(config)` builds
+the D2 backbone from the reference constructor's arguments, and `imagenet_dilations` / `gradual_dilations`
+derive each level's dilations from an input size.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
@@ -13,31 +17,41 @@ from torch import nn
 
 from ...layers import DropPath, NeighborhoodAttention2D
 
-__all__ = ["DiNAT", "D2DiNAT", "DINAT_VARIANTS", "build_dinat_variant"]
+__all__ = ["DiNAT", "D2DiNAT", "VARIANTS", "build_variant", "from_reference_config", "max_dilations",
+           "imagenet_dilations", "gradual_dilations"]
 
 
-def _alternating(depth: int, dilation: int) -> list[int]:
-    """Plain NA on the first block of each pair, dilated on the second (the ImageNet models at 224)."""
-    return [1 if i % 2 == 0 else dilation for i in range(depth)]
+def max_dilations(size: int, kernel_size: int, num_levels: int = 4) -> list[int]:
+    """The largest dilation each level's map allows at an input of `size` pixels (its shorter side): a
+    dilated window spans kernel_size * dilation pixels, so level i (stride 4 * 2**i) gets
+    floor((size // stride) / kernel_size), at least 1."""
+    return [max(1, size // (4 * 2 ** i) // kernel_size) for i in range(num_levels)]
 
 
-def _imagenet_dilations(depths: Sequence[int]) -> list[list[int]]:
-    return [_alternating(depth, dilation) for depth, dilation in zip(depths, (8, 4, 2, 1))]
+def imagenet_dilations(depths: Sequence[int], kernel_size: int = 7, size: int = 224) -> list[list[int]]:
+    """The ImageNet models' rule: plain NA on the first block of each pair, the level's largest dilation on
+    the second. At 224 with kernel 7 that is 8, 4, 2, 1 (shared/specs/mask2former.md)."""
+    return [[1 if j % 2 == 0 else dilation for j in range(depth)]
+            for depth, dilation in zip(depths, max_dilations(size, kernel_size, len(depths)))]
 
 
-# The paper's ImageNet variants (kernel 7, 224x224).
-DINAT_VARIANTS: dict[str, dict] = {
-    "mini": dict(embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0,
-                 drop_path_rate=0.2),
-    "tiny": dict(embed_dim=64, depths=[3, 4, 18, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0,
-                 drop_path_rate=0.2),
-    "small": dict(embed_dim=96, depths=[3, 4, 18, 5], num_heads=[3, 6, 12, 24], mlp_ratio=2.0,
-                  drop_path_rate=0.3),
-    "base": dict(embed_dim=128, depths=[3, 4, 18, 5], num_heads=[4, 8, 16, 32], mlp_ratio=2.0,
-                 drop_path_rate=0.5, layer_scale=1e-5),
-    "large": dict(embed_dim=192, depths=[3, 4, 18, 5], num_heads=[6, 12, 24, 48], mlp_ratio=2.0,
-                  drop_path_rate=0.35),
-}
+def gradual_dilations(depths: Sequence[int], kernel_size: int, size: int) -> list[list[int]]:
+    """The downstream ("gradual") rule for training at `size` (the crop's shorter side): plain NA on the first
+    block of each pair; the dilated blocks of a level alternate between ceil(D/2) and D, D being the level's
+    largest dilation (`max_dilations`), and its last dilated block always takes D.
+
+    This reproduces DiNAT-L + Mask2Former's lists (kernel 11) from a 640 crop (D = 14, 7, 3, 1):
+    [1, 14, 1], [1, 4, 1, 7], [1, 2, 1, 3] * 4 + [1, 3], [1] * 5. ceil(D/2) is a reading of two data points
+    (7 -> 4, 3 -> 2); (D + 1) // 2 and D // 2 + 1 agree on them and differ only for even D.
+    """
+    lists = []
+    for depth, largest in zip(depths, max_dilations(size, kernel_size, len(depths))):
+        dilated = list(range(1, depth, 2))
+        level = [1] * depth
+        for m, j in enumerate(dilated):
+            level[j] = largest if m % 2 == 1 or j == dilated[-1] else (largest + 1) // 2
+        lists.append(level)
+    return lists
 
 
 class ConvTokenizer(nn.Module):
@@ -203,17 +217,17 @@ class DiNAT(nn.Module):
         return outputs
 
 
-def build_dinat_variant(name: str, kernel_size: int = 7, **overrides) -> DiNAT:
-    """One of the paper's ImageNet variants ("mini", "tiny", "small", "base", "large") with its 224 dilations."""
-    if name not in DINAT_VARIANTS:
-        raise ValueError(f"unknown DiNAT variant {name!r}; known: {sorted(DINAT_VARIANTS)}")
-    kwargs = dict(DINAT_VARIANTS[name], kernel_size=kernel_size)
-    kwargs["dilations"] = _imagenet_dilations(kwargs["depths"])
-    kwargs.update(overrides)
-    return DiNAT(**kwargs)
-
-
 _FEATURE_NAMES = ("res2", "res3", "res4", "res5")
+
+
+def _layer_scale(value: Any) -> float | None:
+    """MODEL.DINAT.LAYER_SCALE: None (off) or the initial gamma. YAML reads `1e-5` (no dot) as a string."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"MODEL.DINAT.LAYER_SCALE must be a number or None, got {value!r}") from None
 
 
 @BACKBONE_REGISTRY.register()
@@ -231,7 +245,7 @@ class D2DiNAT(DiNAT, Backbone):
             dilations=c.DILATIONS, mlp_ratio=c.MLP_RATIO, qkv_bias=c.QKV_BIAS, qk_scale=c.QK_SCALE,
             drop_rate=c.DROP_RATE, attn_drop_rate=c.ATTN_DROP_RATE, drop_path_rate=c.DROP_PATH_RATE,
             in_chans=input_shape.channels, out_indices=tuple(_FEATURE_NAMES.index(n) for n in out_features),
-            frozen_stages=c.FROZEN_STAGES, layer_scale=c.LAYER_SCALE,
+            frozen_stages=c.FROZEN_STAGES, layer_scale=_layer_scale(c.LAYER_SCALE),
         )
         self._out_features = out_features
         self._out_feature_strides = {name: 4 * 2 ** i for i, name in enumerate(_FEATURE_NAMES)}
@@ -251,3 +265,67 @@ class D2DiNAT(DiNAT, Backbone):
     @property
     def size_divisibility(self) -> int:
         return 32
+
+
+# The papers' ImageNet models (NAT: Hassani et al. 2022; DiNAT: Hassani & Shi 2022), as the reference
+# constructors' arguments: kernel 7, 224x224; layer scale 1e-5 on Small and Base.
+_NAT_SIZES: dict[str, dict] = {
+    "mini": dict(embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0, drop_path_rate=0.2),
+    "tiny": dict(embed_dim=64, depths=[3, 4, 18, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0, drop_path_rate=0.2),
+    "small": dict(embed_dim=96, depths=[3, 4, 18, 5], num_heads=[3, 6, 12, 24], mlp_ratio=2.0, drop_path_rate=0.3,
+                  layer_scale=1e-5),
+    "base": dict(embed_dim=128, depths=[3, 4, 18, 5], num_heads=[4, 8, 16, 32], mlp_ratio=2.0, drop_path_rate=0.5,
+                 layer_scale=1e-5),
+    "large": dict(embed_dim=192, depths=[3, 4, 18, 5], num_heads=[6, 12, 24, 48], mlp_ratio=2.0,
+                  drop_path_rate=0.35),
+}
+VARIANTS: dict[str, dict] = {
+    **{f"nat_{size}": dict(kwargs, kernel_size=7) for size, kwargs in _NAT_SIZES.items() if size != "large"},
+    **{f"dinat_{size}": dict(kwargs, kernel_size=7, dilations=imagenet_dilations(kwargs["depths"]))
+       for size, kwargs in _NAT_SIZES.items()},
+}
+
+# The reference constructor's arguments (NAT/DiNAT classification and segmentation models) -> MODEL.DINAT keys.
+_REFERENCE_TO_CFG = {
+    "embed_dim": "EMBED_DIM", "depths": "DEPTHS", "num_heads": "NUM_HEADS", "kernel_size": "KERNEL_SIZE",
+    "dilations": "DILATIONS", "mlp_ratio": "MLP_RATIO", "qkv_bias": "QKV_BIAS", "qk_scale": "QK_SCALE",
+    "drop_rate": "DROP_RATE", "attn_drop_rate": "ATTN_DROP_RATE", "drop_path_rate": "DROP_PATH_RATE",
+    "layer_scale": "LAYER_SCALE", "frozen_stages": "FROZEN_STAGES",
+}
+_REFERENCE_REQUIRED = ("embed_dim", "mlp_ratio", "depths", "num_heads")
+# The reference constructor's defaults where they differ from MODEL.DINAT's (DiNAT-L) defaults.
+_REFERENCE_DEFAULTS = {"drop_path_rate": 0.2, "kernel_size": 7}
+# Arguments of the classifier only (its head), or that name objects rather than values.
+_REFERENCE_IGNORED = ("num_classes", "pretrained", "norm_layer")
+
+
+def from_reference_config(config: dict) -> D2DiNAT:
+    """D2DiNAT from the arguments of the reference NAT / DiNAT constructor (embed_dim, depths, num_heads,
+    kernel_size, dilations, mlp_ratio, layer_scale, drop_path_rate, ..., and in_chans / out_indices of the
+    segmentation models); absent ones take the reference's defaults (dilations None: NAT)."""
+    from ...config import get_project_cfg
+
+    known = set(_REFERENCE_TO_CFG) | set(_REFERENCE_IGNORED) | {"in_chans", "out_indices"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown NAT/DiNAT constructor arguments {unknown}; known: {sorted(known)}")
+    missing = [key for key in _REFERENCE_REQUIRED if key not in config]
+    if missing:
+        raise ValueError(f"NAT/DiNAT constructor arguments {missing} are required (no reference default)")
+    config = {**_REFERENCE_DEFAULTS, **config}
+    cfg = get_project_cfg()
+    cfg.MODEL.BACKBONE.NAME = "D2DiNAT"
+    for key, cfg_key in _REFERENCE_TO_CFG.items():
+        if key in config:
+            cfg.MODEL.DINAT[cfg_key] = config[key]
+    if "out_indices" in config:
+        cfg.MODEL.DINAT.OUT_FEATURES = [_FEATURE_NAMES[i] for i in config["out_indices"]]
+    return D2DiNAT(cfg, ShapeSpec(channels=config.get("in_chans", 3)))
+
+
+def build_variant(name: str, **overrides) -> D2DiNAT:
+    """One of `VARIANTS` (nat_mini ... nat_base, dinat_mini ... dinat_large: kernel 7, the 224 dilations),
+    with reference constructor arguments overridden, e.g. build_variant("dinat_large", kernel_size=11)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown NAT/DiNAT variant {name!r}; known: {sorted(VARIANTS)}")
+    return from_reference_config({**VARIANTS[name], **overrides})

@@ -1,10 +1,19 @@
-"""DiNAT backbone: fixture features, bfloat16 autocast, variants, config errors, frozen stages, padding."""
+"""DiNAT/NAT backbone: fixture features, bfloat16 autocast, variants, dilation rules, layer scale, reference configs,
+config errors, frozen stages, padding."""
 import pytest
 import torch
 from detectron2.modeling import build_backbone
 
 from dinat_m2f import get_project_cfg
-from dinat_m2f.modeling.backbone.dinat import DINAT_VARIANTS, build_dinat_variant
+from dinat_m2f.modeling.backbone.dinat import (
+    VARIANTS,
+    build_variant,
+    from_reference_config,
+    gradual_dilations,
+    imagenet_dilations,
+)
+
+DINAT_L_M2F_DILATIONS = [[1, 14, 1], [1, 4, 1, 7], [1, 2, 1, 3] * 4 + [1, 3], [1] * 5]  # specs/mask2former.md
 
 
 def _fixture_backbone(m2f_reference):
@@ -58,18 +67,118 @@ def test_output_shape_and_size_divisibility():
     assert tuple(backbone.levels[0].blocks[0].attn.rpb.shape) == (6, 21, 21)
 
 
-@pytest.mark.parametrize("name,millions", [("mini", 20), ("tiny", 28), ("small", 51), ("base", 90), ("large", 200)])
-def test_named_variants_have_the_papers_sizes(name, millions):
+# The papers' parameter counts (whole millions) are of the ImageNet classifiers: a final norm and a 1000-way
+# head instead of norm0..norm3. Here: NAT/DiNAT Mini 19.98M, Tiny 27.90M, Small 50.74M, Base 89.77M, Large 200.94M.
+PAPER_MILLIONS = {"nat_mini": 20, "nat_tiny": 28, "nat_small": 51, "nat_base": 90,
+                  "dinat_mini": 20, "dinat_tiny": 28, "dinat_small": 51, "dinat_base": 90, "dinat_large": 200}
+
+
+def classifier_parameters(backbone) -> int:
+    channels = backbone.num_features[-1]
+    out_norms = sum(p.numel() for name, p in backbone.named_parameters() if name.startswith("norm"))
+    return sum(p.numel() for p in backbone.parameters()) - out_norms + 2 * channels + channels * 1000 + 1000
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MILLIONS))
+def test_named_variants_have_the_papers_sizes_and_dilations(name):
     with torch.device("meta"):
-        model = build_dinat_variant(name)
-    channels = model.num_features[-1]
-    # The paper counts the ImageNet model: a final norm and a 1000-way head instead of norm0..norm3.
-    out_norms = sum(getattr(model, f"norm{i}").weight.numel() * 2 for i in range(4))
-    params = sum(p.numel() for p in model.parameters()) - out_norms + 2 * channels + channels * 1000 + 1000
-    assert abs(params / 1e6 - millions) < 0.03 * millions
-    assert (name == "base") == model.levels[0].blocks[0].layer_scale
-    assert [b.attn.dilation for b in model.levels[1].blocks] == [1, 4, 1, 4]
-    assert set(DINAT_VARIANTS) == {"mini", "tiny", "small", "base", "large"}
+        model = build_variant(name)
+    assert abs(classifier_parameters(model) / 1e6 - PAPER_MILLIONS[name]) < 1
+    assert model.levels[0].blocks[0].layer_scale == name.endswith(("small", "base"))
+    dilations = [[b.attn.dilation for b in level.blocks] for level in model.levels]
+    if name.startswith("nat_"):
+        assert all(d == 1 for level in dilations for d in level)
+    else:
+        assert dilations == imagenet_dilations(VARIANTS[name]["depths"])
+    assert model.levels[0].blocks[0].attn.kernel_size == 7
+
+
+def test_variant_table_and_unknown_name():
+    assert set(VARIANTS) == set(PAPER_MILLIONS)
+    with pytest.raises(ValueError, match=r"unknown NAT/DiNAT variant 'nat_large'; known: \['dinat_base'"):
+        build_variant("nat_large")
+
+
+def test_imagenet_rule_at_224_is_8_4_2_1_on_every_second_block():
+    assert imagenet_dilations([3, 4, 6, 5]) == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5]
+    assert imagenet_dilations([3, 4, 18, 5]) == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]
+
+
+def test_gradual_rule_reproduces_dinat_l_mask2former_lists_from_the_640_crop():
+    assert gradual_dilations([3, 4, 18, 5], kernel_size=11, size=640) == DINAT_L_M2F_DILATIONS
+    # the largest dilation follows the map size: 1024 crops (COCO LSJ) allow 23 / 11 / 5 / 2
+    assert gradual_dilations([3, 4, 18, 5], kernel_size=11, size=1024) == [
+        [1, 23, 1], [1, 6, 1, 11], [1, 3, 1, 5] * 4 + [1, 5], [1, 1, 1, 2, 1]]
+    # maps no larger than the kernel: dilation 1
+    assert gradual_dilations([2, 2, 2, 2], kernel_size=7, size=64) == [[1, 2], [1, 1], [1, 1], [1, 1]]
+
+
+def _small_nat(layer_scale):
+    config = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2.0, kernel_size=5,
+                  drop_path_rate=0.0, layer_scale=layer_scale)
+    torch.manual_seed(0)
+    return from_reference_config(config).eval()
+
+
+def test_layer_scale_checkpoint_loads_strictly_and_acts():
+    image = torch.randn(1, 3, 64, 96)
+    plain = _small_nat(None)
+    scaled = _small_nat(1e-5)
+    checkpoint = dict(plain.state_dict())
+    gammas = {f"levels.{i}.blocks.{j}.gamma{n}" for i, d in enumerate([1, 1, 2, 1]) for j in range(d) for n in (1, 2)}
+    assert set(scaled.state_dict()) - set(checkpoint) == gammas
+    generator = torch.Generator().manual_seed(1)
+    checkpoint.update({k: 0.5 + 0.5 * torch.rand(scaled.state_dict()[k].shape, generator=generator) for k in gammas})
+    scaled.load_state_dict(checkpoint, strict=True)
+    for key in gammas:
+        assert torch.equal(scaled.state_dict()[key], checkpoint[key])
+    # without LAYER_SCALE the gammas would be unexpected keys: they cannot be lost silently
+    with pytest.raises(RuntimeError, match="Unexpected key.*gamma1"):
+        plain.load_state_dict(checkpoint, strict=True)
+    with torch.no_grad():
+        reference = plain(image)
+        changed = scaled(image)
+        for key in gammas:
+            scaled.state_dict()[key].fill_(1.0)
+        ones = scaled(image)
+        for key in gammas:
+            scaled.state_dict()[key].fill_(0.0)
+        zeros = scaled(image)
+    for name in reference:
+        assert torch.equal(ones[name], reference[name]), name  # gamma = 1 is no layer scale
+        assert (changed[name] - reference[name]).abs().max() > 1e-2, name
+    # gamma = 0 turns every block into the identity: res2 is norm0 of the tokenizer's output
+    tokens = plain.patch_embed(image)
+    torch.testing.assert_close(zeros["res2"], plain.norm0(tokens).permute(0, 3, 1, 2), rtol=0, atol=1e-6)
+
+
+def test_layer_scale_key_reads_yaml_strings_and_rejects_others():
+    cfg = _tiny_cfg()
+    cfg.MODEL.DINAT.LAYER_SCALE = "1e-5"  # what YAML makes of 1e-5 written without a dot
+    with torch.device("meta"):
+        backbone = build_backbone(cfg)
+    assert backbone.levels[0].blocks[0].gamma1.shape == (16,)
+    cfg.MODEL.DINAT.LAYER_SCALE = "small"
+    with pytest.raises(ValueError, match="MODEL.DINAT.LAYER_SCALE must be a number or None, got 'small'"):
+        build_backbone(cfg)
+
+
+def test_from_reference_config_maps_the_constructor_arguments():
+    config = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], mlp_ratio=3.0, kernel_size=5,
+                  dilations=[[1, 4], [1, 2], [1, 1], [1, 1]], layer_scale=1e-5, qkv_bias=False,
+                  out_indices=(1, 2, 3), num_classes=1000, in_chans=4)
+    with torch.device("meta"):
+        backbone = from_reference_config(config)
+    assert backbone._out_features == ["res3", "res4", "res5"] and not hasattr(backbone, "norm0")
+    assert backbone.patch_embed.proj[0].in_channels == 4
+    assert backbone.levels[0].blocks[1].attn.dilation == 4
+    assert backbone.levels[0].blocks[0].attn.qkv.bias is None
+    assert backbone.levels[0].blocks[0].mlp.fc1.out_features == 96
+    assert backbone.levels[3].blocks[1].drop_path.drop_prob == pytest.approx(0.2)  # the reference's default
+    with pytest.raises(ValueError, match=r"unknown NAT/DiNAT constructor arguments \['window_size'\]"):
+        from_reference_config(dict(config, window_size=7))
+    with pytest.raises(ValueError, match=r"\['mlp_ratio'\] are required"):
+        from_reference_config({k: v for k, v in config.items() if k != "mlp_ratio"})
 
 
 def test_dilations_mismatch_names_the_level():
