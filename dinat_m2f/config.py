@@ -199,6 +199,20 @@ def add_timm_config(cfg: CN) -> None:
     cfg.MODEL.TIMM.KWARGS = CN(new_allowed=True)
 
 
+def add_shiftvit_config(cfg: CN) -> None:
+    """Add the ``MODEL.SHIFTVIT`` keys of the ShiftViT backbone (D2ShiftViT; defaults: Shift-T, shiftvit_r2_tiny)."""
+    cfg.MODEL.SHIFTVIT = CN()
+    cfg.MODEL.SHIFTVIT.EMBED_DIM = 96
+    cfg.MODEL.SHIFTVIT.DEPTHS = [6, 8, 18, 6]
+    cfg.MODEL.SHIFTVIT.MLP_RATIO = 2.0
+    # C // N_DIV channels are shifted in each of the four directions.
+    cfg.MODEL.SHIFTVIT.N_DIV = 12
+    cfg.MODEL.SHIFTVIT.DROP_PATH_RATE = 0.3
+    # "GN1" (GroupNorm with one group, the reference's default) or "BN"
+    cfg.MODEL.SHIFTVIT.NORM = "GN1"
+    cfg.MODEL.SHIFTVIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
 def get_project_cfg() -> CN:
     """detectron2's defaults plus every key of this project."""
     from detectron2.config import get_cfg
@@ -210,4 +224,5 @@ def get_project_cfg() -> CN:
     add_hrvit_config(cfg)
     add_lavit_config(cfg)
     add_timm_config(cfg)
+    add_shiftvit_config(cfg)
     return cfg

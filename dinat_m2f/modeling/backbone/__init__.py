@@ -1,5 +1,6 @@
 from . import coatnet  # noqa: F401  (registers D2CoAtNet)
 from . import hrvit  # noqa: F401  (registers D2HRViT)
 from . import lavit  # noqa: F401  (registers D2LaViT)
+from . import shiftvit  # noqa: F401  (registers D2ShiftViT)
 from . import swin  # noqa: F401  (registers D2SwinTransformer)
 from . import timm_backbone  # noqa: F401  (registers D2TimmBackbone; timm itself is imported when one is built)
