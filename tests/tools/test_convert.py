@@ -97,7 +97,7 @@ def test_pkl_output_is_detectron2_style(tmp_path):
     convert_tool.main([str(source), str(tmp_path / "out.pkl"), "--kernel-size", "11"])
     with open(tmp_path / "out.pkl", "rb") as f:
         data = pickle.load(f)
-    assert set(data) == {"model", "__author__"}
+    assert set(data) == {"model", "__author__", "matching_heuristics"} and data["matching_heuristics"] is True
     assert all(k.startswith("backbone.") for k in data["model"])
     assert data["model"]["backbone.levels.0.blocks.0.attn.rpb"].shape == (HEADS[0], 21, 21)
     assert type(data["model"]["backbone.patch_embed.proj.0.weight"]).__module__ == "numpy"
