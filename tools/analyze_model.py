@@ -15,7 +15,8 @@ papers, one multiply-add is one FLOP. fvcore does not know some ops; they get ha
   Swin's window attention runs in it too: Lq = Lk = M*M per window, over the map padded to the window.
   So does HRViT's stripe attention: Lq = Lk = stripe rows x full width (or full height x stripe columns),
   over the map padded to the stripe.
-Elementwise ops (softmax, additions, activations) are not counted, as in fvcore.
+Elementwise ops (softmax, additions, activations) are not counted, as in fvcore. ShiftViT's shift is data
+movement (slices copied into a zero map): 0 multiply-adds, as in its paper; fvcore ignores those ops.
 """
 import argparse
 import contextlib
