@@ -167,7 +167,8 @@ class DiNAT(nn.Module):
                  layer_scale: float | None = None):
         super().__init__()
         if len(num_heads) != len(depths):
-            raise ValueError(f"NUM_HEADS {list(num_heads)} must have one entry per level of DEPTHS {list(depths)}")
+            raise ValueError(f"MODEL.DINAT.NUM_HEADS {list(num_heads)} must have one entry per level of "
+                             f"DEPTHS {list(depths)}")
         dilations = check_dilations(dilations, depths)
         self.num_levels = len(depths)
         self.num_features = [int(embed_dim * 2 ** i) for i in range(self.num_levels)]

@@ -192,6 +192,11 @@ def test_dilations_mismatch_names_the_level():
     with pytest.raises(ValueError, match="one list per level"):
         with torch.device("meta"):
             build_backbone(cfg)
+    cfg.MODEL.DINAT.DILATIONS = None
+    cfg.MODEL.DINAT.NUM_HEADS = [6, 12, 24]
+    with pytest.raises(ValueError, match=r"MODEL.DINAT.NUM_HEADS \[6, 12, 24\] must have one entry per level"):
+        with torch.device("meta"):
+            build_backbone(cfg)
 
 
 def _tiny_cfg():
