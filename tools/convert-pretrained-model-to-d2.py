@@ -40,6 +40,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dinat_m2f.modeling.backbone.swin import relative_position_index  # noqa: E402
+
 logger = logging.getLogger("convert-pretrained-model-to-d2")
 
 BACKBONE_PREFIX = "backbone."
@@ -81,13 +84,6 @@ def resize_rpb(state_dict: Dict[str, torch.Tensor], kernel_size: int) -> List[st
             state_dict[key] = resize_grid(value, side)
             notes.append(f"{key}: {value.shape[-1]}x{value.shape[-1]} -> {side}x{side}")
     return notes
-
-
-def relative_position_index(window: int) -> torch.Tensor:
-    """Swin's (M^2, M^2) index into the bias table: (yi - yj + M - 1) * (2M - 1) + (xi - xj + M - 1)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    relative = coords[:, :, None] - coords[:, None, :] + window - 1
-    return relative[0] * (2 * window - 1) + relative[1]
 
 
 def resize_swin_tables(state_dict: Dict[str, torch.Tensor], window: int) -> List[str]:

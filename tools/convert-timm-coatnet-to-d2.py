@@ -24,12 +24,12 @@ import torch
 
 logger = logging.getLogger("convert-timm-coatnet-to-d2")
 
-# Reading and writing checkpoints is the DiNAT converter's (same formats, same safe readers).
+# Reading and writing checkpoints is the backbone converter's (same formats, same safe readers).
 _spec = importlib.util.spec_from_file_location(
-    "convert_dinat", Path(__file__).with_name("convert-pretrained-dinat-model-to-d2.py"))
-_dinat_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_dinat_tool)
-load_state_dict, save = _dinat_tool.load_state_dict, _dinat_tool.save
+    "convert_pretrained_model_to_d2", Path(__file__).with_name("convert-pretrained-model-to-d2.py"))
+_backbone_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_backbone_tool)
+load_state_dict, save = _backbone_tool.load_state_dict, _backbone_tool.save
 
 BACKBONE_PREFIX = "backbone."
 OUTPUT_NORMS = [f"norm{i}" for i in range(4)]

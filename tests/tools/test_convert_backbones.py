@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import load_fixture
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer, load_safetensors
-from dinat_m2f.modeling.backbone import dinat, shiftvit
+from dinat_m2f.modeling.backbone import dinat, shiftvit, swin
 from log_capture import RecordLogs
 from project_paths import FIXTURES, REPO
 
@@ -143,7 +143,7 @@ def official_swin_state_dict(embed_dim, depths, num_heads, window, img_size, cla
             p = f"layers.{i}.blocks.{j}."
             state.update({p + "norm1.weight": t(dim), p + "norm1.bias": t(dim),
                           p + "attn.relative_position_bias_table": t((2 * window - 1) ** 2, heads),
-                          p + "attn.relative_position_index": tool.relative_position_index(window).to(device),
+                          p + "attn.relative_position_index": swin.relative_position_index(window).to(device),
                           p + "attn.qkv.weight": t(3 * dim, dim), p + "attn.qkv.bias": t(3 * dim),
                           p + "attn.proj.weight": t(dim, dim), p + "attn.proj.bias": t(dim),
                           p + "norm2.weight": t(dim), p + "norm2.bias": t(dim),
@@ -204,7 +204,7 @@ def test_swin_window_7_to_12_resizes_each_heads_grid_bicubically_and_rebuilds_th
             torch.testing.assert_close(resized[:, h], grid.flatten(), rtol=0, atol=0)
         index = converted["backbone." + key.replace("relative_position_bias_table", "relative_position_index")]
         assert index.shape == (144, 144) and index.dtype == torch.int64
-        assert torch.equal(index, tool.relative_position_index(12))
+        assert torch.equal(index, swin.relative_position_index(12))
     torch.testing.assert_close(converted["backbone." + constant], torch.full((23 * 23, 2), 0.25))
     assert not any(k.endswith("attn_mask") or k.startswith(("backbone.head.", "backbone.norm.")) for k in converted)
     assert torch.equal(converted["backbone.layers.2.blocks.1.mlp.fc1.weight"], official["layers.2.blocks.1.mlp.fc1.weight"])
@@ -213,25 +213,32 @@ def test_swin_window_7_to_12_resizes_each_heads_grid_bicubically_and_rebuilds_th
     assert large[0] == list(index.shape)
 
 
-def test_relative_position_index_is_the_references():
-    reference = load_fixture("backbone_swin_reference.pt")
-    index = reference["state_dict"]["layers.0.blocks.0.attn.relative_position_index"]
-    assert torch.equal(tool.relative_position_index(7), index)
-
-
-def test_swin_reference_weights_in_the_official_layout_convert_back_to_the_d2_state_dict(tmp_path):
-    """The D2 fixture's weights, written as an official checkpoint (norm0..3 out; final norm, head and
-    attn_mask in), convert back to exactly the D2 keys and values."""
+def test_swin_official_checkpoint_converts_loads_strictly_and_reproduces_the_reference(tmp_path):
+    """The Swin fixture's weights written as an official checkpoint (norm0..3 out; final norm, head and
+    attn_mask in) convert to exactly the D2 keys and values, load strictly through the checkpointer into
+    D2SwinTransformer and reproduce the reference's stage outputs."""
     reference = load_fixture("backbone_swin_reference.pt")
     d2_state = reference["state_dict"]
     official = official_swin_state_dict(16, [2, 2, 2, 2], [1, 2, 4, 8], 7, 224, classes=10)
     assert set(official) - set(d2_state) == {"norm.weight", "norm.bias", "head.weight", "head.bias",
                                              *(f"layers.{i}.blocks.1.attn_mask" for i in range(3))}
     official.update({k: v for k, v in d2_state.items() if k in official})
-    converted, _ = tool.convert(official, "swin")
-    expected = {"backbone." + k: v for k, v in d2_state.items() if k not in OUTPUT_NORM_KEYS}
-    assert converted.keys() == expected.keys()
-    assert all(torch.equal(converted[k], v) for k, v in expected.items())
+    source, target = tmp_path / "swin_official.pth", tmp_path / "swin_d2.pkl"
+    torch.save({"model": official}, source)
+    tool.main(["--arch", "swin", str(source), str(target)])
+
+    backbone = swin.from_reference_config(reference["config"])
+    model, missing, log = load_through_checkpointer(backbone, target)
+    assert_loaded_strictly_but_the_output_norms(
+        model, missing, log, {k: v for k, v in d2_state.items() if k not in OUTPUT_NORM_KEYS})
+    stage_outputs = {}  # Swin's stages are channels-last
+    for i, layer in enumerate(backbone.layers):
+        layer.register_forward_hook(
+            lambda module, args, out, i=i: stage_outputs.update({f"res{i + 2}": out[1].permute(0, 3, 1, 2)}))
+    with torch.no_grad():
+        backbone.eval()(reference["image"])
+    for name, expected in reference["stage_outputs"].items():
+        assert (stage_outputs[name] - expected).abs().max() <= 1e-4, name
 
 
 # Bad input
