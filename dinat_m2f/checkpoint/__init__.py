@@ -1,0 +1,13 @@
+"""Checkpoints: loading that never executes code from a file (every extension), atomic saves, http(s)
+weights cached once, and a resume that falls back to the newest readable checkpoint."""
+from .checkpointer import SafeDetectionCheckpointer
+from .files import atomic_write, cached_download
+from .readers import CheckpointFileError, read_checkpoint_file
+
+__all__ = [
+    "CheckpointFileError",
+    "SafeDetectionCheckpointer",
+    "atomic_write",
+    "cached_download",
+    "read_checkpoint_file",
+]

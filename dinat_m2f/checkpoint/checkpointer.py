@@ -1,0 +1,134 @@
+"""`SafeDetectionCheckpointer`: detectron2's `DetectionCheckpointer` (same "model" / "optimizer" /
+"scheduler" / "iteration" handling, same missing/unexpected key reports, same matching heuristics) that
+
+- reads every file through the safe readers of :mod:`.readers` (no code from a checkpoint ever runs);
+- downloads http(s) MODEL.WEIGHTS once into the cache (:func:`.files.cached_download`);
+- writes checkpoints and ``last_checkpoint`` atomically (:func:`.files.atomic_write`);
+- resumes from the newest checkpoint that can be read: when the one ``last_checkpoint`` names is
+  truncated, corrupt or missing (or ``last_checkpoint`` is empty), it logs which file and why and tries
+  the next newest.
+"""
+import glob
+import os
+from typing import Any, Dict, List, Optional
+from urllib.parse import urlparse
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .files import TEMPORARY_SUFFIX, atomic_write, cached_download, is_url
+from .readers import CheckpointFileError, read_checkpoint_file
+
+__all__ = ["SafeDetectionCheckpointer"]
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+class SafeDetectionCheckpointer(DetectionCheckpointer):
+    """detectron2's DetectionCheckpointer with safe readers, atomic saves, URL weights and a resume that
+    falls back to the newest readable checkpoint (see the module docstring)."""
+
+    # ---- reading
+
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        if path and is_url(path):
+            return self._load_url(path, checkpointables)
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._parsed_url_during_load = None  # detectron2 leaves it set when reading the file fails
+
+    def _load_url(self, url: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
+        parsed = urlparse(url)  # a query such as "?matching_heuristics=True" is not part of the file
+        local = cached_download(parsed._replace(query="").geturl())
+        try:
+            return self.load(local + (f"?{parsed.query}" if parsed.query else ""), checkpointables)
+        except CheckpointFileError as error:
+            if os.path.exists(local):
+                os.remove(local)
+            raise CheckpointFileError(
+                f"{url} was downloaded to {local} but cannot be loaded; the cached copy was removed, so the next "
+                f"run downloads it again. {error}"
+            ) from error
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if os.path.splitext(filename)[1] in (".pkl", ".pyth"):
+            checkpoint = read_checkpoint_file(filename)
+            if checkpoint["__author__"] != "Caffe2":
+                self.logger.info("Reading a file from '%s'", checkpoint["__author__"])
+            return checkpoint
+        # other extensions: detectron2's handling of a "?matching_heuristics=True" query and of bare
+        # state_dicts, reading the file through `_torch_load` below
+        return super()._load_file(filename)
+
+    def _torch_load(self, filename: str) -> Dict[str, Any]:
+        return read_checkpoint_file(filename)
+
+    # ---- writing
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """detectron2's save, written to a temporary file that is renamed to ``<name>.pth`` once complete."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), lambda f: f.write(last_filename_basename.encode()))
+
+    # ---- resuming
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """With ``resume`` and a ``last_checkpoint`` in save_dir: the newest checkpoint there that can be
+        read, with all checkpointables (a CheckpointFileError listing every file and why when none can).
+        Otherwise only the model from ``path``, like detectron2."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        self._remove_interrupted_writes()
+        failures = []
+        for candidate in self._resume_candidates():
+            try:
+                return self.load(candidate)
+            except CheckpointFileError as error:
+                self.logger.warning("Cannot resume from %s: %s. Trying the next newest checkpoint.", candidate, error)
+                failures.append(f"  {candidate}: {error}")
+        found = "\n".join(failures) if failures else "  (no checkpoint files found)"
+        raise CheckpointFileError(f"Cannot resume: no checkpoint in {self.save_dir} can be read.\n{found}")
+
+    def _resume_candidates(self) -> List[str]:
+        """The checkpoint ``last_checkpoint`` names, then the other checkpoints of save_dir, newest first."""
+        tag = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        with open(tag) as f:
+            named = f.read().strip()
+        files = sorted(self.get_all_checkpoint_files(), key=lambda p: (os.path.getmtime(p), p), reverse=True)
+        named_path = os.path.join(self.save_dir, named)
+        if not named:
+            self.logger.warning(
+                "%s is empty (left by a run killed while writing it?); resuming from the newest checkpoint in %s "
+                "that can be read", tag, self.save_dir,
+            )
+        elif not os.path.isfile(named_path):
+            self.logger.warning(
+                "%s names %s, which does not exist (deleted or moved?); resuming from the newest checkpoint in %s "
+                "that can be read", tag, named, self.save_dir,
+            )
+        else:
+            files = [named_path] + [p for p in files if p != named_path]
+        return files
+
+    def _remove_interrupted_writes(self) -> None:
+        """Temporary files of saves that a kill interrupted (they can be gigabytes)."""
+        if not self.save_to_disk:
+            return
+        patterns = (f"*.pth.*{TEMPORARY_SUFFIX}", f"{LAST_CHECKPOINT}.*{TEMPORARY_SUFFIX}")
+        for pattern in patterns:
+            for leftover in glob.glob(os.path.join(glob.escape(self.save_dir), pattern)):
+                self.logger.info("Removing %s, left by a run interrupted while writing it", leftover)
+                os.remove(leftover)

@@ -1,0 +1,169 @@
+"""Readers for every checkpoint extension that never execute code from the file, with errors that name the
+file and the real cause (empty, truncated, corrupt, or holding objects that unpickling would have to run).
+
+- ``.pkl`` (detectron2 model zoo, converted ImageNet weights, Caffe2/Detectron1): :mod:`.safe_pickle`;
+- ``.pyth`` (pycls): a weights-only torch file holding "model_state";
+- ``.safetensors``: a flat dict of tensors;
+- ``.pth``, ``.pt`` and any other extension: ``torch.load(weights_only=True)``, which torch honours even
+  when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set (that variable only changes the default).
+
+Each returns a detectron2 checkpoint dict: {"model": state_dict, ...} with "__author__" and
+"matching_heuristics" where the format has them.
+"""
+import os
+import pickle
+import zipfile
+from typing import Any, Callable, Dict
+
+import numpy as np
+import torch
+
+from .safe_pickle import UnsafePickleError, load_numpy_pickle
+
+__all__ = ["CheckpointFileError", "read_checkpoint_file"]
+
+# A torch file starts with a zip archive's signature (torch >= 1.6) or a pickle's PROTO opcode (legacy).
+_TORCH_FILE_SIGNATURES = (b"PK\x03\x04", b"\x80")
+
+
+class CheckpointFileError(pickle.UnpicklingError, ValueError):
+    """A checkpoint file cannot be read: missing, empty, truncated, corrupt, or it would execute code."""
+
+
+def _refused(filename: str, reason: Any) -> CheckpointFileError:
+    return CheckpointFileError(f"Refusing to load {filename}: {reason}")
+
+
+def _corrupt(filename: str, reason: Any) -> CheckpointFileError:
+    return CheckpointFileError(f"Cannot load {filename}: it is corrupt or not a checkpoint ({reason})")
+
+
+def _truncated(filename: str) -> CheckpointFileError:
+    return CheckpointFileError(
+        f"Cannot load {filename}: it is truncated ({os.path.getsize(filename)} bytes, the data ends early; "
+        "a run killed while writing it, or an incomplete copy)"
+    )
+
+
+def _native_byte_order(state: Dict[str, Any]) -> Dict[str, Any]:
+    # torch.from_numpy refuses big-endian arrays (protocol-5 pickles keep the byte order they were saved in)
+    return {k: v.astype(v.dtype.newbyteorder("=")) if isinstance(v, np.ndarray) and not v.dtype.isnative else v
+            for k, v in state.items()}
+
+
+def read_numpy_pickle_file(filename: str) -> Dict[str, Any]:
+    """A .pkl checkpoint, interpreted like detectron2's DetectionCheckpointer does."""
+    with open(filename, "rb") as f:
+        try:
+            data = load_numpy_pickle(f)
+        except UnsafePickleError as error:
+            raise _refused(filename, error) from error
+        except Exception as error:  # the unpickler raises many types on corrupt or truncated data
+            if f.tell() >= os.path.getsize(filename):  # it failed for want of more data
+                raise _truncated(filename) from error
+            raise _corrupt(filename, error) from error
+    if not isinstance(data, dict):
+        raise CheckpointFileError(f"Checkpoint {filename} holds a {type(data).__name__}, expected a dict.")
+    if "model" in data and "__author__" in data:
+        # detectron2 model zoo format; its "matching_heuristics" is honoured as-is
+        if isinstance(data["model"], dict):
+            data["model"] = _native_byte_order(data["model"])
+        return data
+    # Caffe2 / Detectron1 model zoo format: names are converted by matching heuristics
+    if "blobs" in data:
+        data = data["blobs"]
+    data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+    return {"model": _native_byte_order(data), "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def read_torch_file(filename: str) -> Dict[str, Any]:
+    """A torch.save file, tensors and plain containers only."""
+    with open(filename, "rb") as f:
+        signature = f.read(4)
+    if not signature.startswith(_TORCH_FILE_SIGNATURES):
+        raise _corrupt(filename, "it is neither a torch zip archive nor a pickle")
+    if signature.startswith(b"PK") and not zipfile.is_zipfile(filename):
+        raise _truncated(filename)  # a zip archive's directory is at its end
+    try:
+        loaded = torch.load(filename, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = str(error.__context__ or error)  # torch's own message hides the unpickler's
+        if "GLOBAL" in detail or "allowlisted" in detail:
+            raise _refused(
+                filename, "it holds Python objects other than tensors and plain containers, and unpickling them "
+                f"can execute code ({detail})"
+            ) from error
+        raise _corrupt(filename, detail) from error
+    except EOFError as error:  # a legacy (pickle) torch file that ends early
+        raise _truncated(filename) from error
+    except Exception as error:  # e.g. RuntimeError "PytorchStreamReader failed reading zip archive"
+        raise _corrupt(filename, str(error).splitlines()[0]) from error
+    if not isinstance(loaded, dict):
+        raise CheckpointFileError(f"Checkpoint {filename} holds a {type(loaded).__name__}, expected a dict.")
+    return loaded
+
+
+def read_pycls_file(filename: str) -> Dict[str, Any]:
+    """A pycls .pyth checkpoint: its "model_state", names matched heuristically (as detectron2 does)."""
+    data = read_torch_file(filename)
+    if "model_state" not in data:
+        raise CheckpointFileError(f"Cannot load .pyth file {filename}: pycls checkpoints must contain 'model_state'.")
+    model_state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+    return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
+
+
+def read_safetensors_file(filename: str) -> Dict[str, Any]:
+    """A .safetensors file as {"model": tensors}. String metadata "__author__" and "matching_heuristics"
+    ("True") carry over like in .pkl files; a plain state_dict without metadata loads by exact key names."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(filename, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            checkpoint: Dict[str, Any] = {"model": {k: f.get_tensor(k) for k in f.keys()}}
+    except SafetensorError as error:
+        if "incomplete metadata" in str(error) or "too small" in str(error):
+            raise _truncated(filename) from error
+        raise _corrupt(filename, error) from error
+    if "__author__" in metadata:
+        checkpoint["__author__"] = metadata["__author__"]
+    if metadata.get("matching_heuristics") == "True":
+        checkpoint["matching_heuristics"] = True
+    return checkpoint
+
+
+READERS: Dict[str, Callable[[str], Dict[str, Any]]] = {
+    ".pkl": read_numpy_pickle_file,
+    ".pyth": read_pycls_file,
+    ".safetensors": read_safetensors_file,
+}
+
+
+def _check_checkpoint(filename: str, checkpoint: Dict[str, Any]) -> None:
+    """What the checkpointer reads next has the types it expects."""
+    if not isinstance(checkpoint.get("__author__", ""), str):
+        raise _corrupt(filename, f"its '__author__' is a {type(checkpoint['__author__']).__name__}")
+    if not isinstance(checkpoint.get("matching_heuristics", False), bool):
+        raise _corrupt(filename, f"its 'matching_heuristics' is a {type(checkpoint['matching_heuristics']).__name__}")
+    state = checkpoint.get("model", checkpoint)
+    if not isinstance(state, dict):
+        raise _corrupt(filename, f"its 'model' is a {type(state).__name__}, not a state_dict")
+    for key, value in state.items():
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            where = "its 'model'" if "model" in checkpoint else "it has no 'model' entry and its top level"
+            raise _corrupt(filename, f"{where} holds {key!r} of type {type(value).__name__}, not a tensor")
+
+
+def read_checkpoint_file(filename: str) -> Dict[str, Any]:
+    """Read a local checkpoint file with the reader of its extension (torch weights-only for unknown ones).
+
+    Raises CheckpointFileError naming the file when it is missing, empty, truncated, corrupt, or needs
+    objects whose unpickling could execute code."""
+    if not os.path.isfile(filename):
+        raise CheckpointFileError(f"Checkpoint {filename} does not exist")
+    if os.path.getsize(filename) == 0:
+        raise CheckpointFileError(f"Cannot load {filename}: it is empty (0 bytes)")
+    reader = READERS.get(os.path.splitext(filename)[1], read_torch_file)
+    checkpoint = reader(filename)
+    _check_checkpoint(filename, checkpoint)
+    return checkpoint
