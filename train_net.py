@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 
 import dinat_m2f  # noqa: F401  (registers the backbone, heads, meta-architecture, datasets)
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 from dinat_m2f.data import build_mapper
 from dinat_m2f.engine import (
     MixedPrecisionTrainer,
@@ -121,22 +121,9 @@ class Trainer(DefaultTrainer):
 
 
 def load_config(args) -> CfgNode:
-    """The project's defaults, then --config-file, then the command-line KEY VALUE pairs.
-
-    An unknown key raises a ValueError naming the key and where it came from. MODEL.DEVICE "cuda" falls
-    back to "cpu" on a machine without CUDA, so the synthetic configs run on a laptop unchanged.
-    """
-    cfg = get_project_cfg()
-    try:
-        cfg.merge_from_file(args.config_file)
-    except (KeyError, AssertionError) as error:
-        raise ValueError(f"Config file {args.config_file}: {error}") from error
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError) as error:
-        raise ValueError(f"Command-line config options: {error}") from error
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    """--config-file and the command-line KEY VALUE pairs over the project's defaults, frozen
+    (:func:`dinat_m2f.config.load_project_config`: plain YAML only, errors naming the file or key)."""
+    cfg = load_project_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

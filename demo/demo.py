@@ -23,7 +23,6 @@ from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
-import torch
 import tqdm
 from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
@@ -37,7 +36,7 @@ from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 
 import dinat_m2f  # noqa: E402,F401  (registers the model)
 import dinat_m2f.data  # noqa: E402,F401  (registers the datasets)
-from dinat_m2f.config import get_project_cfg  # noqa: E402
+from dinat_m2f.config import load_project_config  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 WINDOW_NAME = "dinat-m2f"
@@ -59,12 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_project_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.info("CUDA is not available: running on the CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = load_project_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

@@ -2,7 +2,14 @@
 
 Key names and defaults are part of the contract: released configs and users' YAML files rely on them.
 Keys this project adds (``SOLVER.AMP.PRECISION``, ``MODEL.DINAT.LAYER_SCALE``, ...) are additions only.
+Every entry point reads its config with :func:`load_project_config` (plain YAML only, checked values).
 """
+import logging
+import re
+from typing import Sequence
+
+import torch
+import yaml
 from detectron2.config import CfgNode as CN
 
 
@@ -225,4 +232,52 @@ def get_project_cfg() -> CN:
     add_lavit_config(cfg)
     add_timm_config(cfg)
     add_shiftvit_config(cfg)
+    return cfg
+
+
+# Channel orders the project's image pipeline handles (uint8 images, PIXEL_MEAN/PIXEL_STD per channel).
+INPUT_FORMATS = ("RGB", "BGR")
+
+
+def _yaml_error_message(config_file: str, error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}" if mark is not None else config_file
+    tag = re.search(r"tag '([^']*)'", str(getattr(error, "problem", "")))
+    if tag and "python/" in tag.group(1):
+        return (
+            f"Config file {where}: the YAML tag '{tag.group(1)}' is refused: python tags construct Python "
+            "objects (they can run code); configs are plain YAML"
+        )
+    return f"Config file {where}: invalid YAML: {error}"
+
+
+def load_project_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """The project's defaults, then ``config_file`` (with its ``_BASE_`` files), then the command-line
+    KEY VALUE pairs ``opts``: the config loader of train_net.py, the demo and the tools.
+
+    YAML is read with ``yaml.safe_load`` (detectron2 falls back to ``yaml.unsafe_load``, which runs python
+    tags): a python tag in any of the files is a ValueError naming that file and the tag. An unknown key,
+    a value of the wrong type or a missing file is a ValueError naming where it came from; INPUT.FORMAT
+    must be one of INPUT_FORMATS. MODEL.DEVICE "cuda" falls back to "cpu" on a machine without CUDA, so
+    the synthetic configs run on a laptop unchanged. Returns an unfrozen config.
+    """
+    cfg = get_project_cfg()
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.YAMLError as error:
+        raise ValueError(_yaml_error_message(config_file, error)) from error
+    except (KeyError, AssertionError, ValueError, TypeError) as error:
+        raise ValueError(f"Config file {config_file} (or its _BASE_ files): {error}") from error
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError) as error:
+        raise ValueError(f"Command-line config options: {error}") from error
+    if cfg.INPUT.FORMAT not in INPUT_FORMATS:
+        raise ValueError(
+            f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} (from {config_file} or the command line) is not supported: "
+            f"use one of {', '.join(INPUT_FORMATS)}, the channel order PIXEL_MEAN and PIXEL_STD are given in"
+        )
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).info("CUDA is not available: running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
     return cfg

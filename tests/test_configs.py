@@ -1,6 +1,10 @@
 """The nine DiNAT-L configs: plain YAML, no unknown keys, the table of issue 3, and the model they build
 (on the meta device: shapes without memory or time)."""
 
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -9,8 +13,8 @@ from detectron2.modeling import build_model
 import dinat_m2f.data  # noqa: F401  (registers the datasets the configs name)
 import dinat_m2f.maskformer_model  # noqa: F401  (registers the model)
 import dinat_m2f.modeling.backbone.dinat  # noqa: F401
-from dinat_m2f.config import get_project_cfg
-from project_paths import CONFIGS
+from dinat_m2f.config import load_project_config
+from project_paths import CONFIGS, REPO
 
 
 # config: (classes, queries, MAX_ITER, LR scheduler, mapper, (SEMANTIC_ON, INSTANCE_ON, PANOPTIC_ON))
@@ -29,9 +33,7 @@ DINAT_L_PARAMETERS_COCO_PANOPTIC = 219_944_344
 
 
 def load_cfg(name: str):
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(CONFIGS / name / "dinat_l.yaml"))  # raises KeyError on an unknown key
-    return cfg
+    return load_project_config(str(CONFIGS / name / "dinat_l.yaml"))  # raises on an unknown key
 
 
 def build_on_meta(cfg):
@@ -100,6 +102,76 @@ def test_coco_panoptic_dinat_l_has_the_original_parameter_count_and_names():
 def test_unknown_key_in_a_config_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(f'_BASE_: "{CONFIGS / "coco/panoptic/dinat_l.yaml"}"\nMODEL:\n  MASK_FORMER:\n    NUM_QUERIES: 100\n')
-    cfg = get_project_cfg()
-    with pytest.raises(KeyError, match="NUM_QUERIES"):
-        cfg.merge_from_file(str(path))
+    with pytest.raises(ValueError, match=r"bad\.yaml.*NUM_QUERIES"):
+        load_project_config(str(path))
+
+
+def import_file(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def entry_point_loaders():
+    """How train_net.py, the demo and tools/analyze_model.py read --config-file (+ KEY VALUE pairs)."""
+    train_net = import_file("train_net", REPO / "train_net.py")
+    demo = import_file("demo", REPO / "demo" / "demo.py")
+    analyze_model = import_file("analyze_model", REPO / "tools" / "analyze_model.py")
+
+    def arguments(parser, config_file, opts, opts_flag=()):
+        return parser.parse_args(["--config-file", config_file, *opts_flag, *opts])
+
+    return {
+        "train_net": lambda f, opts=(): train_net.load_config(arguments(train_net.default_argument_parser(), f, opts)),
+        "demo": lambda f, opts=(): demo.setup_cfg(arguments(demo.get_parser(), f, opts, ["--opts"] if opts else [])),
+        "analyze_model": lambda f, opts=(): analyze_model.load_cfg(f, list(opts)),
+    }
+
+
+RUNS_A_COMMAND = "!!python/object/apply:os.system ['touch {target}']"
+
+
+@pytest.mark.parametrize("entry_point", ["train_net", "demo", "analyze_model"])
+@pytest.mark.parametrize("in_base", [False, True], ids=["in_the_file", "in_its_base"])
+def test_python_tags_are_refused_and_never_run(tmp_path, entry_point, in_base):
+    """detectron2 falls back to yaml.unsafe_load: a config (or a _BASE_ it names) with a python tag ran the
+    command. Every entry point refuses it with an error naming the file that has the tag, and the tag."""
+    target = tmp_path / "touched_by_config"
+    evil = tmp_path / ("evil_base.yaml" if in_base else "evil.yaml")
+    evil.write_text(f'_BASE_: "{CONFIGS / "coco/panoptic/dinat_l.yaml"}"\nOUTPUT_DIR: {RUNS_A_COMMAND.format(target=target)}\n')
+    config = evil
+    if in_base:
+        config = tmp_path / "innocent.yaml"
+        config.write_text(f'_BASE_: "{evil}"\nSOLVER:\n  MAX_ITER: 10\n')
+    with pytest.raises(ValueError) as error:
+        entry_point_loaders()[entry_point](str(config))
+    message = str(error.value)
+    assert f"Config file {evil}, line 2" in message, message
+    assert "tag:yaml.org,2002:python/object/apply:os.system" in message
+    assert not target.exists()
+
+
+def test_no_entry_point_reads_a_config_another_way():
+    """The project's Python files read configs only through load_project_config."""
+    readers = []
+    for path in REPO.rglob("*.py"):
+        if path == REPO / "dinat_m2f" / "config.py" or ".git" in path.parts:
+            continue
+        if re.search(r"\.merge_from_file\(|load_yaml_with_base\(|yaml\.(unsafe_load|load)\(", path.read_text()):
+            readers.append(str(path.relative_to(REPO)))
+    assert readers == [], readers
+
+
+@pytest.mark.parametrize("entry_point", ["train_net", "demo", "analyze_model"])
+def test_a_type_mismatch_from_a_config_file_names_the_file(tmp_path, entry_point):
+    config = tmp_path / "typo.yaml"
+    config.write_text(f'_BASE_: "{CONFIGS / "coco/panoptic/dinat_l.yaml"}"\nMODEL:\n  DINAT:\n    KERNEL_SIZE: seven\n')
+    with pytest.raises(ValueError, match=r"typo\.yaml.*MODEL\.DINAT\.KERNEL_SIZE"):
+        entry_point_loaders()[entry_point](str(config))
+
+
+@pytest.mark.parametrize("entry_point", ["train_net", "demo", "analyze_model"])
+def test_input_format_is_checked_when_the_config_is_read(entry_point):
+    with pytest.raises(ValueError, match=r"INPUT\.FORMAT 'L'.*RGB, BGR"):
+        entry_point_loaders()[entry_point](str(CONFIGS / "coco/panoptic/dinat_l.yaml"), ["INPUT.FORMAT", "L"])

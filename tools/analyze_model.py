@@ -37,7 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dinat_m2f  # noqa: E402  (registers the model)
 import dinat_m2f.data  # noqa: E402,F401  (registers the datasets the configs name)
-from dinat_m2f.config import get_project_cfg  # noqa: E402
+from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.layers import neighborhood_attention  # noqa: E402
 
 logger = logging.getLogger("analyze_model")
@@ -111,10 +111,7 @@ class BackboneAndHead(nn.Module):
 
 
 def load_cfg(config_file: str, opts: List[str]) -> CfgNode:
-    cfg = get_project_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    return cfg
+    return load_project_config(config_file, opts)
 
 
 def count_parameters(cfg: CfgNode) -> Dict[str, int]:

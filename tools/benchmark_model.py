@@ -26,7 +26,7 @@ from detectron2.structures import Instances
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dinat_m2f  # noqa: E402,F401  (registers the model and the datasets)
-from dinat_m2f.config import get_project_cfg  # noqa: E402
+from dinat_m2f.config import load_project_config  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -74,9 +74,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = get_project_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_project_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     cfg.freeze()
     device = torch.device(args.device)

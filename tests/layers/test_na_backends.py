@@ -77,11 +77,10 @@ def test_flex_block_pairs_visited_by_dinat_l_at_800x1216():
     # FlexAttention does one block product per (query block, key block) pair it visits: the tile layout decides
     # the work. Exact work is heads * H * W * k^2 scores per layer; 16x8 tiles visit 7.1x that over the 30
     # layers (8x16 tiles: 8.0x, 4x32: 9.8x), so a layout regression shows here.
-    from dinat_m2f.config import get_project_cfg
+    from dinat_m2f.config import load_project_config
     from dinat_m2f.layers.na_flex import BLOCK, _layout
 
-    cfg = get_project_cfg()
-    cfg.merge_from_file("configs/coco/panoptic/dinat_l.yaml")
+    cfg = load_project_config("configs/coco/panoptic/dinat_l.yaml")
     kernel = cfg.MODEL.DINAT.KERNEL_SIZE
     visited = exact = 0
     for stage, (dilations, heads) in enumerate(zip(cfg.MODEL.DINAT.DILATIONS, cfg.MODEL.DINAT.NUM_HEADS)):

@@ -3,12 +3,11 @@
 import torch
 from detectron2.modeling import build_model
 
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 
 
 def _synthetic_model():
-    cfg = get_project_cfg()
-    cfg.merge_from_file("configs/synthetic/panoptic/dinat_mini.yaml")
+    cfg = load_project_config("configs/synthetic/panoptic/dinat_mini.yaml")
     cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(0)
     return build_model(cfg).eval()

@@ -7,13 +7,12 @@ from detectron2.modeling import build_model
 import dinat_m2f.data  # noqa: F401  (registers the datasets the configs name)
 import dinat_m2f.maskformer_model  # noqa: F401  (registers the model)
 import dinat_m2f.modeling.backbone.dinat  # noqa: F401
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 from project_paths import CONFIGS
 
 
 def build_on_meta(config: str, **overrides):
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(CONFIGS / config / "dinat_l.yaml"))
+    cfg = load_project_config(str(CONFIGS / config / "dinat_l.yaml"))
     cfg.merge_from_list([item for kv in overrides.items() for item in kv])
     cfg.MODEL.DEVICE = "meta"
     with torch.device("meta"):
