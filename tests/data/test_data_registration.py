@@ -107,6 +107,25 @@ def test_ade20k_missing_paths_name_the_remedy(tmp_path):
         expect_missing("ade20k_panoptic_val", ade / "annotations_detectron2" / "validation", "prepare_ade20k_sem_seg.py")
 
 
+@pytest.mark.parametrize("content, cause", [
+    ('{"images": [{"id": 1, "file_name": "a.jpg", "hei', "is not valid JSON"),  # truncated
+    ("", "is not valid JSON"),
+    ("[1, 2]", "does not have the layout of a COCO"),
+])  # fmt: skip
+def test_malformed_annotation_json_names_the_file(tmp_path, content, cause):
+    """json / pycocotools raise 'Expecting value: line 1 column 1 (char 0)' without saying which file."""
+    with registered_at(tmp_path, lambda r: (register_ade20k_panoptic(r), register_ade20k_instance(r)),
+                       ADE_PANOPTIC_NAMES + ADE_INSTANCE_NAMES):  # fmt: skip
+        ade = tmp_path / "ADEChallengeData2016"
+        for folder in ("images/validation", "ade20k_panoptic_val", "annotations_detectron2/validation"):
+            (ade / folder).mkdir(parents=True)
+        for name in ("ade20k_panoptic_val", "ade20k_instance_val"):
+            (ade / f"{name}.json").write_text(content)
+            with pytest.raises(ValueError) as error:
+                DatasetCatalog.get(name)
+            assert f"{ade / name}.json {cause}" in str(error.value), str(error.value)
+
+
 def test_builtin_datasets_name_the_missing_download():
     for name, key, remedy in (
         ("ade20k_sem_seg_val", "image_root", "ADEChallengeData2016.zip"),

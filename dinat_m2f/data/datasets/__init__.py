@@ -1,6 +1,6 @@
 """Dataset registration. Importing this package registers every dataset below under the datasets
 root ($DETECTRON2_DATASETS, default ./datasets); nothing is read until a dataset is loaded."""
-from .paths import DatasetFileMissingError, datasets_root
+from .paths import DatasetFileError, DatasetFileMissingError, datasets_root
 from .register_ade20k import add_ade20k_sem_seg_checks, register_ade20k_instance, register_ade20k_panoptic
 from .register_cityscapes import register_cityscapes_instances_and_checks
 from .register_coco import add_coco_instance_path_checks, register_coco_panoptic_with_sem_seg
@@ -22,6 +22,7 @@ def register_all(root: str) -> None:
 register_all(datasets_root())
 
 __all__ = [
+    "DatasetFileError",
     "DatasetFileMissingError",
     "SyntheticSpec",
     "datasets_root",

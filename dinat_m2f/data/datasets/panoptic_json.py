@@ -1,11 +1,10 @@
 """Loader for COCO-format panoptic annotations (PNG + JSON) with semantic labels beside them."""
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
-from .paths import DatasetFileMissingError, register_checked
+from .paths import JSON_LAYOUT_ERRORS, DatasetFileMissingError, load_json_file, malformed_json, register_checked
 
 
 def _to_contiguous(segment: Dict, meta: Dict, json_file: str) -> Dict:
@@ -36,8 +35,15 @@ def load_panoptic_json(
     thing/stuff maps, plus "isthing") and, when ``semantic_dir`` is given, "sem_seg_file_name"
     (same file name as the panoptic PNG).
     """
-    with open(json_file) as f:
-        content = json.load(f)
+    content = load_json_file(json_file)
+    try:
+        return _panoptic_records(content, json_file, image_dir, panoptic_dir, semantic_dir, meta)
+    except JSON_LAYOUT_ERRORS as error:
+        raise malformed_json(json_file, error, "a COCO panoptic annotation file") from error
+
+
+def _panoptic_records(content: Dict, json_file: str, image_dir: str, panoptic_dir: str,
+                      semantic_dir: Optional[str], meta: Dict) -> List[Dict]:
     images = {image["id"]: image for image in content["images"]}
     dataset_dicts = []
     for ann in content["annotations"]:

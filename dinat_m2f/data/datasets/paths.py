@@ -1,6 +1,7 @@
-"""Where datasets live, and the error raised when a file that a dataset needs is missing."""
+"""Where datasets live, and the errors raised when a file that a dataset needs is missing or malformed."""
+import json
 import os
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog
 
@@ -14,6 +15,32 @@ def datasets_root() -> str:
 
 class DatasetFileMissingError(FileNotFoundError):
     """A file or folder of a registered dataset does not exist; the message says what makes it."""
+
+
+class DatasetFileError(ValueError):
+    """A file of a registered dataset cannot be parsed; the message names the file."""
+
+
+# What json (and pycocotools, which calls it) raise on a file that is not JSON, or not the expected layout.
+JSON_SYNTAX_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+JSON_LAYOUT_ERRORS = (KeyError, TypeError, AssertionError)  # pycocotools asserts the top level is a dict
+
+
+def malformed_json(json_file: str, error: Exception, layout: str) -> DatasetFileError:
+    """The error for ``json_file`` when parsing it raised ``error`` (syntax) or reading it as ``layout``
+    did (a key or type the layout needs is missing)."""
+    if isinstance(error, JSON_SYNTAX_ERRORS):
+        return DatasetFileError(f"{json_file} is not valid JSON ({error}); re-download or re-create it")
+    return DatasetFileError(f"{json_file} does not have the layout of {layout} ({type(error).__name__}: {error})")
+
+
+def load_json_file(json_file: str) -> Any:
+    """The parsed JSON of a dataset annotation file (a DatasetFileError naming it when it is malformed)."""
+    with open(json_file) as f:
+        try:
+            return json.load(f)
+        except JSON_SYNTAX_ERRORS as error:
+            raise malformed_json(json_file, error, "a JSON file") from error
 
 
 def require_paths(dataset_name: str, paths_and_remedies: Iterable[Tuple[str, str]]) -> None:

@@ -8,7 +8,7 @@ from detectron2.data.datasets.coco import load_coco_json
 
 from .ade20k_categories import ADE20K_150_COLORS, ade20k_instance_metadata, ade20k_panoptic_metadata
 from .panoptic_json import register_panoptic_with_sem_seg
-from .paths import add_path_check, register_checked
+from .paths import JSON_LAYOUT_ERRORS, JSON_SYNTAX_ERRORS, add_path_check, malformed_json, register_checked
 
 _ADE_ZIP = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 _INSTANCE_TAR = "http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar"
@@ -28,7 +28,10 @@ _SPLITS = {"train": "training", "val": "validation"}
 def load_coco_json_with_fixed_ids(json_file: str, image_root: str, id_map: Dict[int, int]) -> List[Dict]:
     """detectron2's COCO reader, with category ids mapped by a fixed dataset-to-contiguous map
     (the metadata is set at registration and never rewritten from the JSON)."""
-    dataset_dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    try:
+        dataset_dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    except JSON_SYNTAX_ERRORS + JSON_LAYOUT_ERRORS as error:  # pycocotools' messages have no file name
+        raise malformed_json(json_file, error, "a COCO annotation file") from error
     for record in dataset_dicts:
         for ann in record.get("annotations", []):
             if ann["category_id"] not in id_map:
