@@ -3,6 +3,7 @@ polygons, semantic PNGs), generated small: shapes, classes, masks against the an
 values, the crop's category-area constraint, colour augmentation, LSJ, errors naming corrupt files."""
 import copy
 import json
+import logging
 import os
 
 import numpy as np
@@ -26,6 +27,7 @@ from dinat_m2f.data import (
 )
 from dinat_m2f.data.datasets import SyntheticSpec, register_synthetic
 from dinat_m2f.data.datasets.synthetic import SYNTHETIC_CATEGORIES
+from log_capture import RecordLogs
 
 PREFIX = "mapper_synthetic"
 COLORS = np.array([c["color"] for c in SYNTHETIC_CATEGORIES], np.float32)  # by contiguous id
@@ -328,6 +330,32 @@ def test_corrupt_or_missing_images_name_the_file(synthetic, tmp_path):
     broken = dict(synthetic["semantic"][0], sem_seg_file_name=str(garbage))
     with pytest.raises(ImageFileError, match=str(garbage)):
         build_mapper(make_cfg("mask_former_semantic", "train_sem_seg"), True)(broken)
+
+
+@pytest.mark.parametrize("orientation", [3, 6], ids=["rotate_180", "rotate_90"])
+def test_exif_orientation_never_misaligns_image_and_labels(tmp_path, orientation):
+    """A JPEG whose EXIF tag says "show rotated" and its label PNG, both in the stored layout: the mappers
+    keep them aligned (detectron2's read_image rotated the image only: 180 degrees silently misaligned,
+    90 degrees failed the size check) and warn naming the file."""
+    height, width = 32, 48
+    labels = np.zeros((height, width), np.uint8)
+    labels[: height // 2, : width // 3] = 1  # class 1 in the top-left block of the stored pixels
+    pixels = np.where(labels[..., None] == 1, 250, 5).astype(np.uint8).repeat(3, axis=2)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    Image.fromarray(labels).save(tmp_path / "photo.png")
+    record = {"file_name": str(tmp_path / "photo.jpg"), "sem_seg_file_name": str(tmp_path / "photo.png"),
+              "height": height, "width": width, "image_id": 0}  # fmt: skip
+    cfg = make_cfg("mask_former_semantic", "train_sem_seg", MIN_SIZE_TRAIN=(height,), MIN_SIZE_TEST=height)
+
+    with RecordLogs(logging.getLogger("dinat_m2f.data.dataset_mappers.mapper_utils")) as logs:
+        train = build_mapper(cfg, True)(dict(record))
+        test = build_mapper(cfg, False)(dict(record))
+    bright = train["image"][0] > 128
+    assert torch.equal(bright, train["sem_seg"] == 1)
+    assert torch.equal(test["image"][0] > 128, torch.as_tensor(labels == 1))
+    assert any(str(tmp_path / "photo.jpg") in m and f"EXIF orientation {orientation}" in m for m in logs.messages)
 
 
 def test_build_mapper_by_name_and_inference_mapper(synthetic):

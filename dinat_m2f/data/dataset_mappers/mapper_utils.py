@@ -1,5 +1,6 @@
 """Pieces shared by the dataset mappers: reading files with errors that name them, padding,
 per-segment masks, and the augmentation lists built from the config."""
+import logging
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -11,6 +12,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, polygons_to_bitmask
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import log_first_n
+from PIL import Image
 
 from .color_augmentation import ColorAugSSDTransform
 
@@ -22,12 +26,35 @@ class ImageFileError(OSError):
     """An image or label file could not be read or decoded."""
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 (or absent) is the stored layout, 2-8 flip and/or rotate it
+
+
 def read_image_file(file_name: str, image_format=None) -> np.ndarray:
-    """detectron2's read_image, with an error that names the file when it is missing or corrupt."""
+    """The pixels of an image or label file as stored, converted to ``image_format`` like detectron2's
+    read_image does, with an error that names the file when it is missing or corrupt.
+
+    Unlike detectron2's read_image, an EXIF orientation tag is not applied: a dataset's labels (PNGs,
+    polygons, RLE), its width/height and the evaluators' ground truth all refer to the stored layout, and a
+    rotated image would no longer line up with them (a 180-degree tag did so silently). Such a file gets a
+    warning naming it, once per process.
+    """
     try:
-        return utils.read_image(file_name, format=image_format)
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            array = utils.convert_PIL_to_numpy(image, image_format)
     except (OSError, SyntaxError, ValueError) as e:  # PIL reports undecodable data in these
         raise ImageFileError(f"Cannot read image file {file_name}: {e}") from e
+    if orientation not in (1, 0):
+        log_first_n(
+            logging.WARNING,
+            f"{file_name} has EXIF orientation {orientation} (shown rotated or flipped by viewers): it is used as "
+            "stored, the layout its labels and the dataset's width/height refer to",
+            n=1,
+            name=__name__,
+            key="message",
+        )
+    return array
 
 
 def read_label_map(file_name: str) -> np.ndarray:
