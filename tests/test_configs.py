@@ -123,7 +123,7 @@ def entry_point_loaders():
         return parser.parse_args(["--config-file", config_file, *opts_flag, *opts])
 
     return {
-        "train_net": lambda f, opts=(): train_net.load_config(arguments(train_net.default_argument_parser(), f, opts)),
+        "train_net": lambda f, opts=(): train_net.load_config(arguments(train_net.argument_parser(), f, opts)),
         "demo": lambda f, opts=(): demo.setup_cfg(arguments(demo.get_parser(), f, opts, ["--opts"] if opts else [])),
         "analyze_model": lambda f, opts=(): analyze_model.load_cfg(f, list(opts)),
     }

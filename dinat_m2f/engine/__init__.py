@@ -1,20 +1,31 @@
 """Trainer pieces: optimizer groups, LR schedules (incl. WarmupPolyLR), the mixed-precision training step,
-a launch that also runs CPU processes over gloo, and semantic test-time augmentation."""
-from .launch import create_ddp_model, launch
+a launch that also runs CPU processes over gloo or under torchrun, the state an exact resume needs, and
+semantic test-time augmentation."""
+from .launch import create_ddp_model, launch, launch_from_environment, process_group_timeout, started_by_torchrun
 from .lr_scheduler import PolyParamScheduler, build_lr_scheduler
 from .optimizer import build_optimizer, get_param_groups
+from .resume import ResumeStateHook
+from .rng import capture_rng_states, preserved_rng_states, restore_rng_states, seeded_rng
 from .train_loop import MixedPrecisionTrainer, autocast_dtype, check_finite_losses
 from .tta import SemanticSegmentorWithTTA
 
 __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
+    "capture_rng_states",
     "check_finite_losses",
     "autocast_dtype",
     "create_ddp_model",
     "get_param_groups",
     "launch",
+    "launch_from_environment",
     "MixedPrecisionTrainer",
     "PolyParamScheduler",
+    "preserved_rng_states",
+    "process_group_timeout",
+    "restore_rng_states",
+    "ResumeStateHook",
+    "seeded_rng",
     "SemanticSegmentorWithTTA",
+    "started_by_torchrun",
 ]

@@ -1,17 +1,22 @@
 """train_net.py end to end through its command line, on the synthetic panoptic dataset (real COCO panoptic
-files) with a tiny model: train + checkpoint, --resume, --eval-only, 2 CPU processes over gloo, bfloat16
-steps, and the faults (NaN loss, unknown config key)."""
+files) with a tiny model: train + checkpoint, --resume (exact, also after SIGKILL), --eval-only, 2 CPU
+processes over gloo (--num-gpus and torchrun), bfloat16 steps, and the faults (NaN loss, unknown config
+key, missing ground truth, --eval-only without weights)."""
 import hashlib
 import importlib.util
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from dinat_m2f.data.datasets.synthetic import split_paths
 from project_paths import REPO
 
 CONFIG = REPO / "configs" / "synthetic" / "panoptic" / "dinat_mini.yaml"
@@ -47,10 +52,15 @@ def datasets_root(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
-def run_train_net(datasets_root, *args, expect_ok=True, timeout=300, config=CONFIG):
-    """Run train_net.py with the synthetic panoptic config; ``args``: flags first, then KEY VALUE pairs."""
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1")
-    command = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(config), *args]
+def train_net_command(datasets_root, *args, launcher=(), config=CONFIG):
+    """train_net.py with ``config`` (the synthetic panoptic one by default); ``args``: flags first, then KEY
+    VALUE pairs; ``launcher``: arguments of the Python interpreter before the script (e.g. torchrun's)."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return [sys.executable, *launcher, str(REPO / "train_net.py"), "--config-file", str(config), *args], env
+
+
+def run_train_net(datasets_root, *args, expect_ok=True, timeout=300, launcher=(), config=CONFIG):
+    command, env = train_net_command(datasets_root, *args, launcher=launcher, config=config)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     if expect_ok:
@@ -72,10 +82,33 @@ def poly_lr(base_lr, iteration, max_iter, warmup_iters=2, power=0.9):
     return base_lr * (1 - iteration / max_iter) ** power
 
 
-def test_train_checkpoint_resume_and_eval_only(tmp_path, datasets_root):
+SCHEDULE = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.BASE_LR", "0.0004"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, datasets_root):
+    """6 iterations, checkpoints after iterations 1, 3 and 5, no data workers."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_train_net(datasets_root, *TINY, *SCHEDULE, "OUTPUT_DIR", str(out))
+    return out
+
+
+def assert_same_training_state(checkpoint, reference):
+    """Same iteration, and bit-identical weights and optimizer state."""
+    assert checkpoint["iteration"] == reference["iteration"]
+    assert checkpoint["model"].keys() == reference["model"].keys()
+    different = [k for k, v in checkpoint["model"].items() if not torch.equal(v, reference["model"][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    state, reference_state = checkpoint["trainer"]["_trainer"]["optimizer"], reference["trainer"]["_trainer"]["optimizer"]
+    for index, moments in reference_state["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(torch.as_tensor(state["state"][index][name]), torch.as_tensor(value)), (index, name)
+
+
+def test_train_checkpoint_resume_and_eval_only(tmp_path, datasets_root, uninterrupted):
     out = tmp_path / "run"
-    schedule = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.BASE_LR", "0.0004"]
-    run_train_net(datasets_root, *TINY, *schedule, "OUTPUT_DIR", str(out))
+    shutil.copytree(uninterrupted, out)
+    schedule = SCHEDULE
     for name in ("model_0000001.pth", "model_0000003.pth", "model_final.pth", "config.yaml", "log.txt"):
         assert (out / name).is_file(), name
     assert list(out.glob("events.out.tfevents.*")), "no TensorBoard events written"
@@ -97,6 +130,7 @@ def test_train_checkpoint_resume_and_eval_only(tmp_path, datasets_root):
     resumed = load_checkpoint(out / "model_final.pth")
     assert resumed["iteration"] == 5
     assert resumed["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 6  # stepped after iteration 5
+    assert_same_training_state(resumed, final)
 
     # --eval-only with MODEL.WEIGHTS evaluates the trained weights on the synthetic val set and prints PQ.
     eval_dir = tmp_path / "eval"
@@ -114,6 +148,31 @@ def test_train_checkpoint_resume_and_eval_only(tmp_path, datasets_root):
     assert log.count("copypaste: mIoU") == 2
 
 
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, datasets_root, uninterrupted):
+    """SIGKILL once model_0000003.pth is written, then --resume: the data stream continues at its position
+    and the random states (augmentation, point sampling, dropout) where they were, so the final weights and
+    optimizer state equal the uninterrupted run's bit for bit (same thread count). The killed run uses 2
+    data workers, the uninterrupted one none: the result does not depend on them."""
+    out = tmp_path / "killed"
+    workers = ["DATALOADER.NUM_WORKERS", "2"]
+    command, env = train_net_command(datasets_root, *TINY, *SCHEDULE, *workers, "OUTPUT_DIR", str(out))
+    with open(tmp_path / "killed.log", "w") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    tag, deadline = out / "last_checkpoint", time.monotonic() + 300
+    while not (tag.exists() and tag.read_text() == "model_0000003.pth"):
+        assert process.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint after iteration 3 within 300 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "model_final.pth").exists()
+
+    _, log = run_train_net(datasets_root, "--resume", *TINY, *SCHEDULE, *workers, "OUTPUT_DIR", str(out))
+    assert "Starting training from iteration 4" in log
+    assert "Resuming the data stream at position 8" in log  # 4 iterations x 2 images
+    assert_same_training_state(load_checkpoint(out / "model_final.pth"), load_checkpoint(uninterrupted / "model_final.pth"))
+
+
 def test_two_cpu_processes_over_gloo(tmp_path, datasets_root):
     out = tmp_path / "ddp"
     _, log = run_train_net(
@@ -124,6 +183,54 @@ def test_two_cpu_processes_over_gloo(tmp_path, datasets_root):
     assert "gloo" in log
     assert load_checkpoint(out / "model_final.pth")["iteration"] == 1
     assert all(math.isfinite(m["total_loss"]) for m in read_metrics(out))
+
+
+def test_two_cpu_processes_started_by_torchrun(tmp_path, datasets_root):
+    """torchrun (how SLURM and Kubernetes jobs start it) sets RANK, WORLD_SIZE and LOCAL_RANK; each process
+    joins that group, with --dist-timeout as the collectives' timeout."""
+    out = tmp_path / "torchrun"
+    _, log = run_train_net(
+        datasets_root, "--dist-timeout", "0.5", *TINY, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
+        "OUTPUT_DIR", str(out), launcher=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    )
+    assert "World size: 2" in log
+    assert "Process group: gloo backend, world size 2, timeout 0:00:30" in log
+    assert load_checkpoint(out / "model_final.pth")["iteration"] == 1
+
+    code, log = run_train_net(
+        datasets_root, "--num-gpus", "2", *TINY, "OUTPUT_DIR", str(out), expect_ok=False,
+        launcher=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"],
+    )
+    assert code != 0 and "leave out --num-gpus" in log
+
+
+def test_evaluation_checks_every_ground_truth_file_before_inference(tmp_path, datasets_root, uninterrupted):
+    """A missing panoptic PNG and a missing semantic PNG are both listed, and nothing is inferred (they were
+    found by panopticapi after the whole inference pass, losing its PQ, AP and mIoU)."""
+    root = tmp_path / "datasets"
+    shutil.copytree(datasets_root, root)
+    paths = split_paths(str(root / "synthetic"), "val")
+    missing = [Path(paths["panoptic_root"]) / "000003.png", Path(paths["sem_seg_root"]) / "000007.png"]
+    for path in missing:
+        path.unlink()
+    code, log = run_train_net(
+        root, "--eval-only", *TINY, "MODEL.WEIGHTS", str(uninterrupted / "model_final.pth"),
+        "DATASETS.TEST", "('synthetic_val_panoptic',)", "OUTPUT_DIR", str(tmp_path / "eval"), expect_ok=False,
+    )
+    assert code != 0
+    assert "2 ground-truth file(s) that evaluation reads do not exist" in log
+    assert all(f"  {path}" in log for path in missing)
+    assert "Start inference" not in log
+
+
+def test_eval_only_without_weights_is_an_error_unless_asked_for(tmp_path, datasets_root):
+    """Evaluating a random model and exiting 0 is always a mistake, except when asked for explicitly."""
+    eval_args = ["--eval-only", *TINY, "DATASETS.TEST", "('synthetic_val_panoptic',)", "OUTPUT_DIR", str(tmp_path)]
+    code, log = run_train_net(datasets_root, *eval_args, expect_ok=False)
+    assert code != 0 and "--eval-only needs weights: MODEL.WEIGHTS is empty" in log
+    assert "Start inference" not in log
+    _, log = run_train_net(datasets_root, "--allow-random-weights", *eval_args)
+    assert "copypaste: PQ,SQ,RQ" in log
 
 
 def test_bfloat16_cpu_steps_give_finite_losses(tmp_path, datasets_root):
@@ -173,12 +280,12 @@ def test_unknown_config_keys_are_named(tmp_path, datasets_root):
     train_net = _import_train_net()
     bad_file = tmp_path / "bad.yaml"
     bad_file.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  DINAT:\n    KERNEL: 5\n")
-    args = train_net.default_argument_parser().parse_args(["--config-file", str(bad_file)])
+    args = train_net.argument_parser().parse_args(["--config-file", str(bad_file)])
     with pytest.raises(ValueError, match=r"bad\.yaml.*MODEL\.DINAT\.KERNEL"):
         train_net.load_config(args)
 
 
 def test_device_defaults_to_cpu_without_cuda():
     train_net = _import_train_net()
-    cfg = train_net.load_config(train_net.default_argument_parser().parse_args(["--config-file", str(CONFIG)]))
+    cfg = train_net.load_config(train_net.argument_parser().parse_args(["--config-file", str(CONFIG)]))
     assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")
