@@ -8,7 +8,7 @@ import yaml
 from detectron2.modeling import build_model
 
 import dinat_m2f  # noqa: F401  (registers the model, the backbones and the datasets the configs name)
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 from project_paths import CONFIGS, FIXTURES
 
 TASKS = ["coco/panoptic", "coco/instance", "coco/semantic", "ade20k/panoptic", "ade20k/instance",
@@ -42,9 +42,7 @@ TABLE = {
 
 
 def load_cfg(task: str, name: str):
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(CONFIGS / task / f"{name}.yaml"))  # raises KeyError on an unknown key
-    return cfg
+    return load_project_config(str(CONFIGS / task / f"{name}.yaml"))  # raises on an unknown key
 
 
 def build_on_meta(cfg):

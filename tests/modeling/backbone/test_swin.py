@@ -11,6 +11,7 @@ from detectron2.modeling import build_backbone, build_model
 
 import dinat_m2f  # noqa: F401  (registers the model and the datasets the configs name)
 from dinat_m2f import get_project_cfg
+from dinat_m2f.config import load_project_config
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.modeling.backbone.swin import (
     VARIANTS, D2SwinTransformer, PatchEmbed, PatchMerging, build_variant, from_reference_config,
@@ -267,8 +268,7 @@ def _released_arrays(manifest: dict, model: torch.nn.Module, seed: int) -> dict:
 
 
 def _swin_config(task: str, variant: str, device: str):
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(CONFIGS / task / f"{variant}.yaml"))
+    cfg = load_project_config(str(CONFIGS / task / f"{variant}.yaml"))
     cfg.MODEL.DEVICE = device
     return cfg
 
