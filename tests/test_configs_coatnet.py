@@ -8,7 +8,7 @@ from test_configs import TABLE
 
 import dinat_m2f.data  # noqa: F401  (registers the datasets the configs name)
 import dinat_m2f.maskformer_model  # noqa: F401  (registers the model)
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 from project_paths import CONFIGS
 
 # config: (variant, ATTN_WINDOW, whole model, pixel decoder); backbones as in backbone_manifests.json
@@ -25,8 +25,7 @@ BACKBONE_PARAMETERS = {"coatnet_0_rw_224": 26_667_906, "coatnet_2_rw_224": 72_84
 def test_coatnet_config_builds_with_the_expected_parameter_counts(name):
     path = CONFIGS / f"{name}.yaml"
     assert "!!python" not in path.read_text() and isinstance(yaml.safe_load(path.read_text()), dict)
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(path))  # raises KeyError on an unknown key
+    cfg = load_project_config(str(path))  # raises on an unknown key
     variant, window, total, pixel_decoder = CONFIGS_COATNET[name]
     assert cfg.MODEL.BACKBONE.NAME == "D2CoAtNet" and cfg.MODEL.COATNET.VARIANT == variant
     assert cfg.MODEL.COATNET.ATTN_WINDOW == window
@@ -47,10 +46,8 @@ def test_coatnet_config_builds_with_the_expected_parameter_counts(name):
 
 
 def test_synthetic_coatnet_config_changes_only_the_backbone():
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(CONFIGS / "synthetic/panoptic/coatnet_mini.yaml"))
-    main = get_project_cfg()
-    main.merge_from_file(str(CONFIGS / "synthetic/panoptic/dinat_mini.yaml"))
+    cfg = load_project_config(str(CONFIGS / "synthetic/panoptic/coatnet_mini.yaml"))
+    main = load_project_config(str(CONFIGS / "synthetic/panoptic/dinat_mini.yaml"))
     assert cfg.MODEL.BACKBONE.NAME == "D2CoAtNet"
     for key in ("MODEL.SEM_SEG_HEAD", "MODEL.MASK_FORMER", "SOLVER", "INPUT", "DATASETS", "TEST", "SEED"):
         first, second = cfg, main
