@@ -484,10 +484,9 @@ def stage_maps(height: int, width: int) -> list[tuple[int, int]]:
 
 def cuda_test_cases(dry_run: bool) -> list[dict]:
     """A small map, then every (stage, dilation) of DiNAT-L's COCO config at 800x1333 and 1024x1024."""
-    from dinat_m2f.config import get_project_cfg
+    from dinat_m2f.config import load_project_config
 
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(REPO / "configs" / "coco" / "panoptic" / "dinat_l.yaml"))
+    cfg = load_project_config(str(REPO / "configs" / "coco" / "panoptic" / "dinat_l.yaml"))
     dinat = cfg.MODEL.DINAT
     kernel = dinat.KERNEL_SIZE
     cases = [dict(image="small map", stage=1, height=29, width=31, heads=2, dilation=2, kernel=kernel)]
