@@ -147,6 +147,18 @@ def test_every_extension_is_read_weights_only_even_when_torch_is_told_otherwise(
     assert not target.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_plain_pickle_named_pth_is_refused_as_code_not_called_corrupt(tmp_path, protocol):
+    """torch's weights-only unpickler cannot read protocol-4 framing; the reader still says what the file
+    is: a pickle naming os.system (read with pickletools, nothing runs)."""
+    target = tmp_path / "touched"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"model": WritesFileWhenUnpickled(target)}, protocol=protocol))
+    with pytest.raises(CheckpointFileError, match=f"Refusing to load {path}.*system.*execute code"):
+        SafeDetectionCheckpointer(nn.Linear(2, 2)).load(str(path))
+    assert not target.exists()
+
+
 def test_pycls_checkpoint_loads(tmp_path):
     torch.save({"model_state": {"weight": torch.ones(2, 2), "bias": torch.zeros(2)}, "epoch": 3}, tmp_path / "m.pyth")
     model = nn.Linear(2, 2)

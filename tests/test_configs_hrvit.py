@@ -3,7 +3,7 @@ the backbone swapped, and the model they build on the meta device (parameter cou
 import pytest
 import yaml
 
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 from project_paths import CONFIGS
 from test_configs import build_on_meta
 
@@ -19,10 +19,8 @@ HRVIT_B3_PARAMETERS = 25_507_960  # backbone_manifests.json: hrvit_b3 params_bac
 def test_hrvit_b3_config_merges_and_builds_with_the_expected_size(name):
     path = CONFIGS / name / "hrvit_b3.yaml"
     assert "!!python" not in path.read_text() and isinstance(yaml.safe_load(path.read_text()), dict)
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(path))  # raises KeyError on an unknown key
-    reference = get_project_cfg()
-    reference.merge_from_file(str(CONFIGS / name / "dinat_l.yaml"))
+    cfg = load_project_config(str(path))  # raises on an unknown key
+    reference = load_project_config(str(CONFIGS / name / "dinat_l.yaml"))
     classes, queries, parameters = TABLE[name]
     assert cfg.MODEL.BACKBONE.NAME == "D2HRViT" and cfg.MODEL.HRVIT.VARIANT == "hrvit_b3"
     assert cfg.MODEL.HRVIT.NORM == "SyncBN" and cfg.MODEL.WEIGHTS == ""

@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 
 import dinat_m2f.data  # noqa: F401  (registers the datasets the configs name)
 import dinat_m2f.maskformer_model  # noqa: F401  (registers the model)
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 from project_paths import CONFIGS
 
 # config: (backbone name, backbone parameters, whole model parameters)
@@ -22,9 +22,7 @@ EXPECTED = {
 
 
 def load_cfg(name: str):
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(CONFIGS / name))  # raises KeyError on an unknown key
-    return cfg
+    return load_project_config(str(CONFIGS / name))  # raises on an unknown key
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

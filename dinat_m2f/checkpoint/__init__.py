@@ -2,7 +2,7 @@
 weights cached once, and a resume that falls back to the newest readable checkpoint."""
 from .checkpointer import SafeDetectionCheckpointer
 from .files import atomic_write, cached_download
-from .readers import CheckpointFileError, read_checkpoint_file
+from .readers import CheckpointFileError, read_checkpoint_file, read_safetensors_file, read_torch_file
 
 __all__ = [
     "CheckpointFileError",
@@ -10,4 +10,6 @@ __all__ = [
     "atomic_write",
     "cached_download",
     "read_checkpoint_file",
+    "read_safetensors_file",
+    "read_torch_file",
 ]

@@ -12,8 +12,9 @@ Each returns a detectron2 checkpoint dict: {"model": state_dict, ...} with "__au
 """
 import os
 import pickle
+import pickletools
 import zipfile
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
@@ -76,8 +77,27 @@ def read_numpy_pickle_file(filename: str) -> Dict[str, Any]:
     return {"model": _native_byte_order(data), "__author__": "Caffe2", "matching_heuristics": True}
 
 
-def read_torch_file(filename: str) -> Dict[str, Any]:
-    """A torch.save file, tensors and plain containers only."""
+def _pickled_globals(filename: str) -> List[str]:
+    """The Python objects the first pickle in ``filename`` names (read with pickletools: nothing runs), as far
+    as it can be parsed."""
+    names: List[str] = []
+    strings: List[str] = []
+    with open(filename, "rb") as f:
+        try:
+            for opcode, argument, _ in pickletools.genops(f):
+                if opcode.name in ("GLOBAL", "INST"):
+                    names.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(argument, str):
+                    strings.append(argument)
+        except Exception:  # corrupt or truncated: what was parsed so far is the answer
+            pass
+    return names
+
+
+def read_torch_file(filename: str) -> Any:
+    """A torch.save file (or a plain pickle), tensors and plain containers only."""
     with open(filename, "rb") as f:
         signature = f.read(4)
     if not signature.startswith(_TORCH_FILE_SIGNATURES):
@@ -88,25 +108,25 @@ def read_torch_file(filename: str) -> Dict[str, Any]:
         loaded = torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = str(error.__context__ or error)  # torch's own message hides the unpickler's
-        if "GLOBAL" in detail or "allowlisted" in detail:
+        names = _pickled_globals(filename)  # e.g. a plain pickle, whose opcodes torch's unpickler may not read
+        if "GLOBAL" in detail or "allowlisted" in detail or names:
             raise _refused(
-                filename, "it holds Python objects other than tensors and plain containers, and unpickling them "
-                f"can execute code ({detail})"
+                filename, "it holds Python objects other than tensors and plain containers"
+                f"{' (' + ', '.join(sorted(set(names))[:5]) + ')' if names else ''}, and unpickling them can "
+                f"execute code ({detail})"
             ) from error
         raise _corrupt(filename, detail) from error
     except EOFError as error:  # a legacy (pickle) torch file that ends early
         raise _truncated(filename) from error
     except Exception as error:  # e.g. RuntimeError "PytorchStreamReader failed reading zip archive"
         raise _corrupt(filename, str(error).splitlines()[0]) from error
-    if not isinstance(loaded, dict):
-        raise CheckpointFileError(f"Checkpoint {filename} holds a {type(loaded).__name__}, expected a dict.")
     return loaded
 
 
 def read_pycls_file(filename: str) -> Dict[str, Any]:
     """A pycls .pyth checkpoint: its "model_state", names matched heuristically (as detectron2 does)."""
     data = read_torch_file(filename)
-    if "model_state" not in data:
+    if not isinstance(data, dict) or "model_state" not in data:
         raise CheckpointFileError(f"Cannot load .pyth file {filename}: pycls checkpoints must contain 'model_state'.")
     model_state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
     return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
@@ -165,5 +185,7 @@ def read_checkpoint_file(filename: str) -> Dict[str, Any]:
         raise CheckpointFileError(f"Cannot load {filename}: it is empty (0 bytes)")
     reader = READERS.get(os.path.splitext(filename)[1], read_torch_file)
     checkpoint = reader(filename)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointFileError(f"Checkpoint {filename} holds a {type(checkpoint).__name__}, expected a dict.")
     _check_checkpoint(filename, checkpoint)
     return checkpoint

@@ -24,7 +24,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 
-from ...checkpoint import load_safetensors, torch_load_weights_only
+from ...checkpoint import read_safetensors_file, read_torch_file
 
 __all__ = ["D2TimmBackbone", "import_timm", "read_timm_state_dict"]
 
@@ -58,8 +58,8 @@ def read_timm_state_dict(path: str) -> dict[str, torch.Tensor]:
             "(e.g. when MODEL.WEIGHTS holds a trained model)"
         )
     if path.endswith(".safetensors"):
-        return load_safetensors(path)["model"]
-    loaded = torch_load_weights_only(path)
+        return read_safetensors_file(path)["model"]
+    loaded = read_torch_file(path)
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), dict):

@@ -10,7 +10,7 @@ from detectron2.structures import Instances
 
 import dinat_m2f.data  # noqa: F401  (registers the synthetic dataset the config names)
 import dinat_m2f.maskformer_model  # noqa: F401  (registers MaskFormer)
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import get_project_cfg, load_project_config
 from dinat_m2f.modeling.backbone.lavit import (
     VARIANTS, AttentionResidual, D2LaViT, LessAttention, VanillaAttention, build_variant,
     diagonality_preserving_loss, from_reference_config, window_grid,
@@ -225,8 +225,7 @@ def test_bfloat16_autocast_runs():
 
 
 def _synthetic_lavit_cfg(**overrides):
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(CONFIGS / "synthetic" / "panoptic" / "lavit_mini.yaml"))
+    cfg = load_project_config(str(CONFIGS / "synthetic" / "panoptic" / "lavit_mini.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.LAVIT.EMBED_DIM", 16, "MODEL.LAVIT.NUM_HEADS", [1, 1, 2, 2],
                          "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", 256])
     for key, value in overrides.items():
