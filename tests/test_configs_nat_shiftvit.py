@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from dinat_m2f.config import get_project_cfg
+from dinat_m2f.config import load_project_config
 from dinat_m2f.modeling.backbone import dinat, shiftvit
 from project_paths import CONFIGS, FIXTURES
 from test_configs import build_on_meta
@@ -32,9 +32,7 @@ BACKBONE_KEYS = ("MODEL.BACKBONE.NAME", "MODEL.DINAT", "MODEL.SHIFTVIT", "MODEL.
 
 
 def load(path):
-    cfg = get_project_cfg()
-    cfg.merge_from_file(str(path))  # raises KeyError on an unknown key
-    return cfg
+    return load_project_config(str(path))  # raises on an unknown key
 
 
 def without_backbone(cfg) -> dict:

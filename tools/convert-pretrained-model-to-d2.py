@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dinat_m2f.checkpoint import CheckpointFileError, atomic_write, read_safetensors_file, read_torch_file  # noqa: E402
 from dinat_m2f.modeling.backbone.swin import relative_position_index  # noqa: E402
 
 logger = logging.getLogger("convert-pretrained-model-to-d2")
@@ -50,17 +51,15 @@ OUTPUT_NORMS = [f"norm{i}" for i in range(4)]  # the D2 backbones' norms on res2
 
 
 def load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """Read the classifier's state_dict without executing pickled code."""
+    """Read the classifier's state_dict through the project's safe readers (no pickled code runs)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+        return read_safetensors_file(str(path))["model"]
     # timm-style training checkpoints also store their argparse arguments: allow that plain record
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise SystemExit(f"Refusing to load {path}: it holds objects that are not tensors.\n{e}") from e
+            checkpoint = read_torch_file(str(path))
+        except CheckpointFileError as e:
+            raise SystemExit(str(e)) from e
     for wrapper in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
             checkpoint = checkpoint[wrapper]
@@ -173,18 +172,21 @@ def convert(
 
 
 def save(path: Path, state_dict: Dict[str, torch.Tensor], author: str) -> None:
+    """Write the converted file atomically (a temporary file renamed), in the format of its extension."""
     if path.suffix == ".pkl":
         # numpy has no bfloat16: floating tensors are stored as float32, the model's dtype
         model = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state_dict.items()}
-        with open(path, "wb") as f:
-            pickle.dump({"model": model, "__author__": author, "matching_heuristics": True}, f)
+        atomic_write(str(path), lambda f: pickle.dump(
+            {"model": model, "__author__": author, "matching_heuristics": True}, f))
     elif path.suffix in (".pth", ".pt"):
-        torch.save({"model": state_dict, "__author__": author, "matching_heuristics": True}, path)
+        atomic_write(str(path), lambda f: torch.save(
+            {"model": state_dict, "__author__": author, "matching_heuristics": True}, f))
     elif path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path),
-                  metadata={"__author__": author, "matching_heuristics": "True"})
+        data = save({k: v.contiguous() for k, v in state_dict.items()},
+                    metadata={"__author__": author, "matching_heuristics": "True"})
+        atomic_write(str(path), lambda f: f.write(data))
     else:
         raise SystemExit(f"{path}: unknown output format; use .pkl, .pth or .safetensors")
 

@@ -100,6 +100,8 @@ def read_torch_file(filename: str) -> Any:
     """A torch.save file (or a plain pickle), tensors and plain containers only."""
     with open(filename, "rb") as f:
         signature = f.read(4)
+    if not signature:
+        raise CheckpointFileError(f"Cannot load {filename}: it is empty (0 bytes)")
     if not signature.startswith(_TORCH_FILE_SIGNATURES):
         raise _corrupt(filename, "it is neither a torch zip archive nor a pickle")
     if signature.startswith(b"PK") and not zipfile.is_zipfile(filename):

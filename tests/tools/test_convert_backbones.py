@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import load_fixture
-from dinat_m2f.checkpoint import SafeDetectionCheckpointer, load_safetensors
+from dinat_m2f.checkpoint import SafeDetectionCheckpointer, read_safetensors_file
 from dinat_m2f.modeling.backbone import dinat, shiftvit, swin
 from log_capture import RecordLogs
 from project_paths import FIXTURES, REPO
@@ -98,7 +98,7 @@ def test_nat_rpb_resized_to_kernel_11_loads_into_a_kernel_11_backbone(tmp_path):
     rpb = model.state_dict()["backbone.levels.2.blocks.1.attn.rpb"]
     expected = F.interpolate(state["levels.2.blocks.1.attn.rpb"][None], size=(21, 21), mode="bicubic")[0]
     torch.testing.assert_close(rpb, expected, rtol=0, atol=0)
-    assert load_safetensors(str(target))["matching_heuristics"] is True
+    assert read_safetensors_file(str(target))["matching_heuristics"] is True
 
 
 # ShiftViT: {"model": sd} of SPACH, here the reference fixture's weights with a classifier
@@ -258,3 +258,26 @@ def test_wrong_architecture_and_wrong_options_are_named(tmp_path):
         tool.main(["--arch", "swin", str(source), str(tmp_path / "out.npz")])
     with pytest.raises(ValueError, match=r"unknown --arch 'vit'; known: \['dinat', 'nat', 'shiftvit', 'swin'\]"):
         tool.convert({}, "vit")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['CONVERT_MARKER'], 'w').close()",))
+
+
+@pytest.mark.parametrize("content", ["code", "truncated", "empty"])
+def test_unsafe_or_broken_inputs_are_refused_naming_the_file_and_write_nothing(tmp_path, monkeypatch, content):
+    """The converter reads through the project's safe readers: a pickle that would run code is refused (the
+    code does not run), a truncated or empty file is named; the output file is never created."""
+    marker, source, target = tmp_path / "ran", tmp_path / "imagenet.pth", tmp_path / "out.pkl"
+    monkeypatch.setenv("CONVERT_MARKER", str(marker))
+    torch.save({"model": {"patch_embed.proj.weight": torch.zeros(1)}, "args": _RunsCode()}, source)
+    if content == "truncated":
+        torch.save(with_classifier(small_nat().state_dict(), channels=128), source)
+        source.write_bytes(source.read_bytes()[:-100])
+    elif content == "empty":
+        source.write_bytes(b"")
+    reason = {"code": "can execute code", "truncated": "truncated", "empty": "empty"}[content]
+    with pytest.raises(SystemExit, match=rf"imagenet\.pth.*{reason}"):
+        tool.main(["--arch", "nat", str(source), str(target)])
+    assert not marker.exists() and not target.exists()
