@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dinat_m2f  # noqa: E402  (registers the model)
 import dinat_m2f.data  # noqa: E402,F401  (registers the datasets the configs name)
 from dinat_m2f.config import load_project_config  # noqa: E402
-from dinat_m2f.layers import neighborhood_attention  # noqa: E402
+from dinat_m2f.layers.neighborhood_attention import module as na_module  # noqa: E402
 
 logger = logging.getLogger("analyze_model")
 
 # NeighborhoodAttention2D calls this module-level function; the FLOP count routes it through one traced op.
-_NA2D = neighborhood_attention.na2d
+_NA2D = na_module.na2d
 
 
 class NeighborhoodAttentionOp(torch.autograd.Function):
@@ -69,11 +69,11 @@ def neighborhood_attention_as_one_op() -> Iterator[None]:
             raise ValueError("FLOPs are counted in eval mode (no attention dropout)")
         return NeighborhoodAttentionOp.apply(q, k, v, rpb, kernel_size, dilation)
 
-    neighborhood_attention.na2d = na2d_one_op
+    na_module.na2d = na2d_one_op
     try:
         yield
     finally:
-        neighborhood_attention.na2d = _NA2D
+        na_module.na2d = _NA2D
 
 
 def na_flop_handle(kernel_size: int):

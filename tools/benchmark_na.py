@@ -3,7 +3,8 @@
 
 Shapes are the four DiNAT-L stages (kernel 11, head dim 32, the largest dilation of each stage) at each
 --image input (N for N x N, or HxW), plus the reference layer of the performance issue (200x200 map, 6 heads,
-d=14). A "gather" row is a plain gather implementation (keys/values gathered per query), the usual baseline.
+d=14). A "gather" row is `na2d_reference` (keys and values gathered per query, 8 query rows at a time), the
+usual baseline.
 "natten" rows (NATTEN >= 0.20, the default when importable) always run without RPB, which NATTEN dropped;
 the ratio columns compare every row with them. Each measurement runs in a fresh process so CPU peak memory
 (max RSS growth) is its own; on CPU that process may use 3/4 of the RAM, beyond it the row reads n/a.
@@ -27,33 +28,10 @@ import time
 
 import torch
 
-from dinat_m2f.layers.na_natten import natten_na2d
+from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
 
 DINAT_L_STAGES = [  # (stride, heads, largest dilation for a 640 input, from configs/*/dinat_l.yaml)
     (4, 6, 14), (8, 12, 7), (16, 24, 3), (32, 48, 1)]
-
-
-def gather_na2d(q, k, v, kernel_size, dilation, rpb, rows_per_chunk=8):
-    """Baseline: gather each query's k x k keys and values, row by row (what a naive port does)."""
-    from dinat_m2f.layers.na_flex import _axis_windows
-
-    height, width = q.shape[2], q.shape[3]
-    rows = _axis_windows(height, kernel_size, dilation).to(q.device)
-    cols = _axis_windows(width, kernel_size, dilation).to(q.device)
-    row_slots = (kernel_size - 1) + (rows - torch.arange(height, device=q.device)[:, None]) // dilation
-    col_slots = (kernel_size - 1) + (cols - torch.arange(width, device=q.device)[:, None]) // dilation
-    outputs = []
-    for start in range(0, height, rows_per_chunk):
-        r = rows[start:start + rows_per_chunk][:, None, :, None]
-        c = cols[None, :, None, :]
-        keys, values = k[:, :, r, c], v[:, :, r, c]
-        logits = torch.einsum("bhijd,bhijacd->bhijac", q[:, :, start:start + rows_per_chunk], keys)
-        if rpb is not None:
-            rs = row_slots[start:start + rows_per_chunk][:, None, :, None]
-            logits = logits + rpb[:, rs, col_slots[None, :, None, :]][None]
-        probs = logits.flatten(-2).float().softmax(-1).to(v.dtype).view_as(logits)
-        outputs.append(torch.einsum("bhijac,bhijacd->bhijd", probs, values))
-    return torch.cat(outputs, dim=2)
 
 
 def _limit_cpu_memory(fraction: float = 0.75) -> None:
@@ -66,7 +44,7 @@ def _measure(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec["device"] == "cpu":
         _limit_cpu_memory()
-    from dinat_m2f.layers import na2d
+    from dinat_m2f.layers import na2d, na2d_reference
 
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
     height, width, heads, dilation, kernel = (spec[key] for key in ("height", "width", "heads", "dilation", "kernel"))
@@ -76,7 +54,7 @@ def _measure(spec: dict) -> dict:
 
     def forward():
         if spec["backend"] == "gather":
-            return gather_na2d(q, k, v, kernel, dilation, rpb)
+            return na2d_reference(q, k, v, kernel, dilation, rpb)
         return na2d(q, k, v, kernel, dilation, rpb, backend=spec["backend"])
 
     def sync():

@@ -539,7 +539,7 @@ def _compare(results: dict, reference: dict) -> tuple[dict, dict]:
 def run_cuda_tests(dry_run: bool, part: Path, section: dict) -> None:
     import torch
 
-    from dinat_m2f.layers.na_natten import natten_na2d
+    from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
 
     device = _device(dry_run)
     has_natten = natten_na2d() is not None

@@ -1,13 +1,15 @@
-"""Neighborhood attention: NATTEN 0.17.5 fixture numbers, a brute-force reference, precision, bad input."""
+"""Neighborhood attention: the window rule against the spec, NATTEN 0.17.5 fixture numbers, the gather-based
+reference, precision, bad input."""
 import random
 
 import pytest
 import torch
 
-from dinat_m2f.layers import NeighborhoodAttention2D, na2d
+from dinat_m2f.layers import NeighborhoodAttention2D, na2d, na2d_reference
+from dinat_m2f.layers.neighborhood_attention.window import axis_neighbors
 
 
-# --- brute-force reference, written from the spec's absolute-coordinate rules (section 1.4 / 2) ---------
+# --- the window rule, written again from the spec's absolute-coordinate rules (section 1.4 / 2) ----------
 
 def _axis_neighbors(length: int, k: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(length, k) key positions and RPB slots for each query of one axis."""
@@ -29,19 +31,14 @@ def _axis_neighbors(length: int, k: int, d: int) -> tuple[torch.Tensor, torch.Te
     return torch.tensor(keys), torch.tensor(slots)
 
 
-def brute_force_na2d(q, k, v, kernel_size, dilation, rpb=None):
-    height, width = q.shape[2], q.shape[3]
-    rows, row_slots = _axis_neighbors(height, kernel_size, dilation)
-    cols, col_slots = _axis_neighbors(width, kernel_size, dilation)
-    r = rows[:, None, :, None]  # (H, 1, k, 1)
-    c = cols[None, :, None, :]  # (1, W, 1, k)
-    keys = k[:, :, r, c]  # (B, h, H, W, k, k, D)
-    values = v[:, :, r, c]
-    logits = torch.einsum("bhijd,bhijacd->bhijac", q, keys)
-    if rpb is not None:
-        logits = logits + rpb[:, row_slots[:, None, :, None], col_slots[None, :, None, :]][None]
-    probs = logits.flatten(-2).softmax(-1).view_as(logits)
-    return torch.einsum("bhijac,bhijacd->bhijd", probs, values)
+def test_window_rule_matches_the_spec_absolute_coordinate_rules():
+    # window.py (group coordinates, shared by every backend and na2d_reference) against the spec's other form.
+    for k in range(3, 16, 2):
+        for d in range(1, 9):
+            for length in range(k * d, k * d + 3 * d + 5):
+                keys, slots = axis_neighbors(length, k, d)
+                expected_keys, expected_slots = _axis_neighbors(length, k, d)
+                assert torch.equal(keys, expected_keys) and torch.equal(slots, expected_slots), (length, k, d)
 
 
 def _random_case(rng: random.Random, dtype=torch.float64):
@@ -66,6 +63,7 @@ def _random_case(rng: random.Random, dtype=torch.float64):
 def test_reference_rules_match_spec_examples(length, dilation, expected_keys):
     keys, _ = _axis_neighbors(length, 3, dilation)
     assert keys.tolist() == expected_keys
+    assert axis_neighbors(length, 3, dilation)[0].tolist() == expected_keys
 
 
 def test_one_hot_values_pick_exactly_the_spec_neighbors():
@@ -101,6 +99,19 @@ def test_op_cases_match_natten_forward_and_gradients(na_reference):
             assert (rpb.grad - case["grad_rpb"]).abs().max() < 1e-10, f"grad_rpb {label}"
 
 
+def test_reference_matches_natten_forward_and_gradients(na_reference):
+    # na2d_reference is the brute force of the other tests: it must be exact itself.
+    for case in [c for c in na_reference["cases"] if c["kind"] == "op"]:
+        q, k, v = (case[n].clone().requires_grad_(True) for n in "qkv")
+        rpb = None if case["rpb"] is None else case["rpb"].clone().requires_grad_(True)
+        out = na2d_reference(q, k, v, case["kernel_size"], case["dilation"], rpb, rows_per_chunk=3)
+        (out * case["grad_out"]).sum().backward()
+        label = f"shape {tuple(q.shape)} k={case['kernel_size']} d={case['dilation']}"
+        assert (out - case["out"]).abs().max() < 1e-10, label
+        for name, tensor in (("q", q), ("k", k), ("v", v)) + ((("rpb", rpb),) if rpb is not None else ()):
+            assert (tensor.grad - case[f"grad_{name}"]).abs().max() < 1e-10, f"grad_{name} {label}"
+
+
 def test_module_cases_match_natten_including_padded(na_reference):
     cases = [c for c in na_reference["cases"] if c["kind"] == "module"]
     padded = [c for c in cases if min(c["x"].shape[1:3]) < c["kernel_size"] * c["dilation"]]
@@ -122,7 +133,7 @@ def test_module_float32_within_tolerance(na_reference):
         assert (out.double() - case["out"]).abs().max() < 1e-4
 
 
-# --- randomized comparisons against the brute force ------------------------------------------------------
+# --- randomized comparisons against the gather-based reference ------------------------------------------------------
 
 def test_random_shapes_match_brute_force_forward_and_backward():
     rng = random.Random(1234)
@@ -130,7 +141,7 @@ def test_random_shapes_match_brute_force_forward_and_backward():
         q, k, v, kernel, dilation, rpb = _random_case(rng)
         leaves = [t.requires_grad_(True) for t in (q, k, v) + ((rpb,) if rpb is not None else ())]
         out = na2d(q, k, v, kernel, dilation, rpb)
-        ref = brute_force_na2d(q, k, v, kernel, dilation, rpb)
+        ref = na2d_reference(q, k, v, kernel, dilation, rpb)
         label = f"shape {tuple(q.shape)} k={kernel} d={dilation} rpb={rpb is not None}"
         assert (out - ref).abs().max() < 1e-10, label
         grad_out = torch.randn_like(out)
@@ -149,7 +160,7 @@ def test_reduced_precision_within_dtype_tolerance(dtype, atol):
         q, k, v, kernel, dilation, rpb = _random_case(rng)
         cast = [t.to(dtype) for t in (q, k, v)]
         rpb = None if rpb is None else rpb.to(dtype)
-        ref = brute_force_na2d(*[t.double() for t in cast], kernel, dilation, None if rpb is None else rpb.double())
+        ref = na2d_reference(*[t.double() for t in cast], kernel, dilation, None if rpb is None else rpb.double())
         out = na2d(*cast, kernel, dilation, rpb)
         assert out.dtype == dtype
         assert torch.isfinite(out).all()
@@ -224,7 +235,7 @@ def test_module_pads_small_maps_and_gives_gradients():
     assert out.shape == (2, 5, 7, 8)
     padded = torch.nn.functional.pad(x, (0, 0, 0, 2, 0, 4))
     qkv = module.qkv(padded).reshape(2, 9, 9, 3, 2, 4).permute(3, 0, 4, 1, 2, 5)
-    ref = brute_force_na2d(qkv[0] * module.scale, qkv[1], qkv[2], 3, 3, module.rpb)
+    ref = na2d_reference(qkv[0] * module.scale, qkv[1], qkv[2], 3, 3, module.rpb)
     ref = module.proj(ref.permute(0, 2, 3, 1, 4).reshape(2, 9, 9, 8)[:, :5, :7])
     assert (out - ref).abs().max() < 1e-12
     out.sum().backward()

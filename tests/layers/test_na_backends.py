@@ -4,10 +4,9 @@ import logging
 import pytest
 import torch
 
-from dinat_m2f.layers import na2d, na_backend, neighborhood_attention, select_backend
-from dinat_m2f.layers.na_natten import natten_na2d
-
-from test_na import brute_force_na2d
+from dinat_m2f.layers import na2d, na2d_reference, na_backend, select_backend
+from dinat_m2f.layers.neighborhood_attention import dispatch
+from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
 
 CUDA = torch.cuda.is_available()
 
@@ -21,7 +20,7 @@ def _case(device="cpu", dtype=torch.float32, shape=(1, 2, 12, 13, 16), kernel=3,
 
 def _reference(q, k, v, kernel, dilation, rpb):
     as64 = [t.double().cpu() for t in (q, k, v)]
-    return brute_force_na2d(*as64, kernel, dilation, None if rpb is None else rpb.double().cpu())
+    return na2d_reference(*as64, kernel, dilation, None if rpb is None else rpb.double().cpu())
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 6e-2)])
@@ -63,7 +62,7 @@ def test_flex_block_mask_query_blocks_match_flex_attentions_own(height, width, k
     # what FlexAttention derives itself (only the first q_num_blocks entries of a row are read).
     from torch.nn.attention.flex_attention import BlockMask
 
-    from dinat_m2f.layers.na_flex import _block_mask
+    from dinat_m2f.layers.neighborhood_attention.flex import _block_mask
 
     ours = _block_mask(height, width, kernel, dilation, torch.device("cpu"))
     theirs = BlockMask.from_kv_blocks(ours.kv_num_blocks, ours.kv_indices, BLOCK_SIZE=128,
@@ -78,7 +77,7 @@ def test_flex_block_pairs_visited_by_dinat_l_at_800x1216():
     # the work. Exact work is heads * H * W * k^2 scores per layer; 16x8 tiles visit 7.1x that over the 30
     # layers (8x16 tiles: 8.0x, 4x32: 9.8x), so a layout regression shows here.
     from dinat_m2f.config import load_project_config
-    from dinat_m2f.layers.na_flex import BLOCK, _layout
+    from dinat_m2f.layers.neighborhood_attention.flex import BLOCK, _layout
 
     cfg = load_project_config("configs/coco/panoptic/dinat_l.yaml")
     kernel = cfg.MODEL.DINAT.KERNEL_SIZE
@@ -119,7 +118,7 @@ def test_cuda_backends_forward_and_backward_match_reference(backend, dtype, atol
     leaves = [t.requires_grad_(True) for t in (q, k, v) + ((rpb,) if rpb is not None else ())]
     out = na2d(*leaves[:3], kernel, dilation, *leaves[3:], backend=backend)
     ref_leaves = [t.detach().double().cpu().requires_grad_(True) for t in leaves]
-    ref = brute_force_na2d(*ref_leaves[:3], kernel, dilation, *ref_leaves[3:])
+    ref = na2d_reference(*ref_leaves[:3], kernel, dilation, *ref_leaves[3:])
     assert (out.double().cpu() - ref).abs().max() < atol
     grad = torch.randn_like(ref)
     grads = torch.autograd.grad((out * grad.to("cuda", dtype)).sum(), leaves)
@@ -157,8 +156,17 @@ def test_automatic_choice_and_overrides(monkeypatch, caplog):
 ])
 def test_automatic_backend_by_device_dtype_shape_and_availability(monkeypatch, device, dtype, head_dim, rpb,
                                                                   dropout, natten, expected):
-    monkeypatch.setattr(neighborhood_attention, "natten_na2d", lambda: object() if natten else None)
-    assert neighborhood_attention.automatic_backend(device, dtype, head_dim, rpb, dropout) == expected
+    # Fake tensors carry a CUDA device without a GPU: the rules are checked on any machine.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dinat_m2f.layers.neighborhood_attention import natten as natten_backend
+
+    monkeypatch.setattr(natten_backend, "natten_na2d", lambda: object() if natten else None)
+    with FakeTensorMode():
+        q = torch.empty(1, 2, 12, 12, head_dim, device=device, dtype=dtype)
+        bias = torch.empty(2, 5, 5, device=device, dtype=dtype) if rpb else None
+        assert dispatch.automatic_backend(q, bias, dropout, needs_grad=False) == expected
+        assert dispatch.automatic_backend(q, bias, dropout, needs_grad=True) == ("tiled" if device == "cpu" else expected)
 
 
 def test_unusable_forced_backends_are_clear_errors():
@@ -174,7 +182,7 @@ def test_unusable_forced_backends_are_clear_errors():
 
 
 def test_choice_is_logged_once(caplog, monkeypatch):
-    monkeypatch.setattr(neighborhood_attention, "_logged_choices", set())  # forget earlier tests' choices
+    monkeypatch.setattr(dispatch, "_logged_choices", set())  # forget earlier tests' choices
     q, k, v, kernel, dilation, rpb = _case(dtype=torch.float16)
     with caplog.at_level(logging.INFO, logger="dinat_m2f.layers.neighborhood_attention"):
         na2d(q, k, v, kernel, dilation, rpb)

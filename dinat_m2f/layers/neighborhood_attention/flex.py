@@ -1,4 +1,4 @@
-"""Neighborhood attention through torch FlexAttention (the GPU backend).
+"""The `flex` backend: neighborhood attention through torch FlexAttention (the default on CUDA).
 
 The H*W positions are reordered so that every dilation group is contiguous and, inside a group, tiles of
 16x8 positions are contiguous: a 128-query block then needs only the few key blocks that its windows cover.
@@ -15,11 +15,16 @@ import functools
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from .window import axis_neighbors, axis_window_starts, rpb_slot
+
+NAME = "flex"
+# FlexAttention's CUDA kernels (Triton tl.dot) need a head dim of at least 16.
+MIN_HEAD_DIM = 16
 
 BLOCK = 128
 # Rows x columns of one 128-position tile. FlexAttention's work is one block product per (query block, key
 # block) pair visited; over DiNAT-L's 30 layers at 800x1216, 16x8 tiles visit 11% fewer pairs than 8x16, 28%
-# fewer than 4x32 (at 1024x1024: 1% more than 8x16); tests/test_na_backends.py keeps that count.
+# fewer than 4x32 (at 1024x1024: 1% more than 8x16); tests/layers/test_na_backends.py keeps that count.
 TILE = (16, 8)
 
 
@@ -29,22 +34,6 @@ def _compiled_flex():
     # ones (every image size of an evaluation). Static shapes would compile per size and, past dynamo's
     # recompile limit, fall back to the unfused path that holds all (H*W)^2 scores.
     return torch.compile(flex_attention)
-
-
-def _axis_starts(length: int, kernel_size: int, dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(member, window start) of each coordinate of one axis, in group coordinates (NATTEN's shifted windows:
-    clamp(member - k//2, 0, group length - k))."""
-    coordinate = torch.arange(length)
-    residue, member = coordinate % dilation, coordinate // dilation
-    group_len = (length - residue + dilation - 1) // dilation
-    return member, torch.minimum((member - kernel_size // 2).clamp(min=0), group_len - kernel_size)
-
-
-def _axis_windows(length: int, kernel_size: int, dilation: int) -> torch.Tensor:
-    """(length, k) key positions of each query of one axis."""
-    _, start = _axis_starts(length, kernel_size, dilation)
-    residue = torch.arange(length) % dilation
-    return (start[:, None] + torch.arange(kernel_size)) * dilation + residue[:, None]
 
 
 def _sequence_order(height: int, width: int, dilation: int) -> torch.Tensor:
@@ -71,7 +60,7 @@ def _position_table(height: int, width: int, kernel_size: int, dilation: int, or
     table = torch.full((5, padded_len), -1, dtype=torch.int32)
     table[GROUP, :order.numel()] = (i % dilation) * dilation + j % dilation
     for axis, start_axis, coordinate, length in ((ROW, ROW_START, i, height), (COL, COL_START, j, width)):
-        member, start = _axis_starts(length, kernel_size, dilation)
+        member, start = axis_window_starts(length, kernel_size, dilation)
         table[axis, :order.numel()] = member[coordinate]
         table[start_axis, :order.numel()] = start[coordinate]
     return table
@@ -97,8 +86,8 @@ def _make_layout(height: int, width: int, kernel_size: int, dilation: int, devic
     order = _sequence_order(height, width, dilation)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n)
-    rows = _axis_windows(height, kernel_size, dilation)
-    cols = _axis_windows(width, kernel_size, dilation)
+    rows = axis_neighbors(height, kernel_size, dilation)[0]
+    cols = axis_neighbors(width, kernel_size, dilation)[0]
     keys = (rows[:, None, :, None] * width + cols[None, :, None, :]).reshape(n, -1)  # (N, k*k) flat positions
     query_block = (inverse // BLOCK).view(n, 1).expand_as(keys)
     key_block = inverse[keys] // BLOCK
@@ -140,15 +129,25 @@ def _rpb_score_mod(kernel_size: int, positions: torch.Tensor, rpb: torch.Tensor)
 
     def score_mod(score, b, h, q_idx, kv_idx):
         # Also evaluated at masked entries of kept blocks: clamp the slot into the table.
-        row = torch.clamp(kernel_size - 1 + positions[ROW, kv_idx] - positions[ROW, q_idx], 0, 2 * kernel_size - 2)
-        col = torch.clamp(kernel_size - 1 + positions[COL, kv_idx] - positions[COL, q_idx], 0, 2 * kernel_size - 2)
+        row = torch.clamp(rpb_slot(positions[ROW, q_idx], positions[ROW, kv_idx], kernel_size), 0, 2 * kernel_size - 2)
+        col = torch.clamp(rpb_slot(positions[COL, q_idx], positions[COL, kv_idx], kernel_size), 0, 2 * kernel_size - 2)
         return score + rpb[h, row, col].to(score.dtype)
 
     return score_mod
 
 
-def na2d_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
-              rpb: torch.Tensor | None) -> torch.Tensor:
+def why_not(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str | None:
+    if dropout_p > 0.0 or (needs_grad and q.device.type == "cpu"):
+        return "has no attention dropout, and no backward on CPU: use 'tiled'"
+    if q.dtype == torch.float64:
+        return "takes float32, float16 or bfloat16, got torch.float64: use 'tiled'"
+    if q.device.type == "cuda" and q.shape[-1] < MIN_HEAD_DIM:
+        return f"needs a head dim of at least {MIN_HEAD_DIM} on CUDA, got {q.shape[-1]}: use 'tiled'"
+    return None
+
+
+def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
+         rpb: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     """Neighborhood attention by FlexAttention; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
     n = height * width

@@ -1,12 +1,37 @@
-"""Index plan of dilated neighborhood attention along one axis (NATTEN 0.14-0.17 rules).
+"""The tiling plan of the `tiled` backend: which queries form a tile, which keys it reads, and
+the mask and relative-positional-bias (RPB) slots of every (query, key) pair of a tile.
 
-The queries of an axis are cut into tiles of `tile` consecutive members of one dilation group. Every tile
-attends to one contiguous run of `region` members of its group (the union of its queries' windows), so the
-2-D work is dense blocks: (tile x tile) queries against (region x region) keys, with a mask for the keys
-outside each query's own window and the relative positional bias (RPB) added per (query, key) pair.
+Along one axis, the queries of each dilation group are cut into tiles of `tile` consecutive members. A tile
+attends to one contiguous run of `region` members of its group (the union of its queries' windows), so in 2-D
+the work is dense blocks: (tile_h x tile_w) queries against (region_h x region_w) keys, with a mask for the keys
+outside each query's own window and the RPB added per (query, key) pair. Tiles whose mask and RPB pattern are
+equal form one *class*; a pair of a row class and a column class shares one bias block, which keeps the RPB
+cheap. The window rule itself is window.py's.
 
-Tiles whose mask and RPB pattern are equal form one *class*; in 2-D, a pair of row/column classes shares one
-bias block, which is what keeps the RPB cheap. See shared/specs/neighborhood_attention.md, sections 1-2.
+Why it works (the invariant): window starts never decrease along a group (clamp(p - k//2, 0, L_r - k) is
+non-decreasing in p) and grow by at most one per member, so the windows of `tile` consecutive members cover one
+run of at most tile + k - 1 members, starting at the first member's window start. `region` is
+min(tile + k - 1, longest group); a run that would pass the longest group's end is moved left to end there,
+which still covers every window of the tile. In a shorter group the run may pass the group's end: those keys
+are masked (and point at a real position, so values stay finite).
+
+Worked example: one axis of L = 10 positions, k = 3, d = 2, tile = 2 (spec section 7(b)).
+Groups: r = 0 holds positions 0, 2, 4, 6, 8 and r = 1 holds 1, 3, 5, 7, 9 (members p = 0..4, L_r = 5).
+Window starts by member: clamp(p - 1, 0, 2) = 0, 0, 1, 2, 2. region = min(2 + 3 - 1, 5) = 4; ceil(5 / 2) = 3
+tiles per group; the last tile has one real query and repeats it in its second slot (valid = [1, 0]).
+
+    tile  members  key run (members)  mask (rows: queries, columns: key run)  RPB slots (masked ones clamped)
+    0     0, 1     0..3               [1 1 1 0] / [1 1 1 0]                   [2 3 4 4] / [1 2 3 4]
+    1     2, 3     1..4               [1 1 1 0] / [0 1 1 1]                   [1 2 3 4] / [0 1 2 3]
+    2     4, (4)   1..4               [0 1 1 1] / [0 1 1 1]                   [0 0 1 2] / [0 0 1 2]
+
+Both groups have the same patterns, so there are 3 classes of 2 tiles each (one per group), in positions:
+class of tile 0: queries [0, 2 | 1, 3], keys [0, 2, 4, 6 | 1, 3, 5, 7];
+class of tile 1: queries [4, 6 | 5, 7], keys [2, 4, 6, 8 | 3, 5, 7, 9];
+class of tile 2: queries [8, 8 | 9, 9] (valid [1, 0 | 1, 0]), keys [2, 4, 6, 8 | 3, 5, 7, 9].
+E.g. query 6 (member 3) reads keys 4, 6, 8 with slots 1, 2, 3, and query 8 reads keys 4, 6, 8 with slots
+0, 1, 2, as the spec's table says. In 2-D, row tile x column tile is one block of 2 x 2 queries against 4 x 4
+keys; its mask is the outer AND of the two axes' masks and its bias is rpb[h, row slot, column slot].
 """
 from __future__ import annotations
 
@@ -16,10 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def window_start(p: int, group_len: int, kernel_size: int) -> int:
-    """First neighbor of group member `p`, in group coordinates: clamp(p - k//2, 0, L_r - k)."""
-    return min(max(p - kernel_size // 2, 0), group_len - kernel_size)
+from .window import axis_window_starts, rpb_slot
 
 
 @dataclass(frozen=True)
@@ -73,19 +95,20 @@ def _axis_plan_cpu(length: int, kernel_size: int, dilation: int, tile: int) -> A
     tile = min(tile, max_group_len)
     region = min(tile + k - 1, max_group_len)
     num_tiles = math.ceil(max_group_len / tile)
+    start_of = axis_window_starts(length, k, d)[1].tolist()  # by axis position
 
     by_signature: dict[tuple, list] = {}
     for r in range(d):
         group_len = math.ceil((length - r) / d)
         for t in range(num_tiles):
             members = [min(t * tile + a, group_len - 1) for a in range(tile)]
-            starts = [window_start(p, group_len, k) for p in members]
+            starts = [start_of[p * d + r] for p in members]
             key_start = min(starts[0], max_group_len - region)
             allowed = tuple(
                 tuple(s <= key_start + j < s + k for j in range(region)) for s in starts
             )
             bias = tuple(
-                tuple(min(max(k - 1 + key_start + j - p, 0), 2 * k - 2) for j in range(region))
+                tuple(min(max(rpb_slot(p, key_start + j, k), 0), 2 * k - 2) for j in range(region))
                 for p in members
             )
             queries = [p * d + r for p in members]

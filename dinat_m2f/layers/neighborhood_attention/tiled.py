@@ -1,6 +1,6 @@
-"""Portable neighborhood attention: dense tiles as matrix products, on any device and dtype.
+"""The `tiled` backend: dense tiles as matrix products, on any device and dtype (the CPU default).
 
-For every (row class, column class) pair of the plan (see na_plan.py), the queries of its tiles are gathered
+For every (row class, column class) pair of the plan (see plan.py), the queries of its tiles are gathered
 into blocks of Th*Tw rows and their key runs into Rh*Rw rows (one flat gather over the H*W positions each),
 and softmax(Q K^T + bias) V is computed with batched matrix products. The bias block (RPB inside each query's
 window, -inf outside) is shared by all tiles of the pair.
@@ -8,7 +8,8 @@ window, -inf outside) is shared by all tiles of the pair.
 Tiles are processed in small chunks so the scores stay in cache between the products, the bias add and the
 softmax; memory is O(chunk), never (H*W)^2. The backward pass recomputes each chunk's probabilities
 (flash-attention style) and accumulates the gradients of q, k, v and rpb into one buffer each. Forward and
-backward are torch custom ops (dinat_m2f::na2d_tiled and dinat_m2f::na2d_tiled_backward).
+backward are torch custom ops (dinat_m2f::na2d_tiled and dinat_m2f::na2d_tiled_backward). Attention dropout
+takes `tiles_by_standard_ops`, the same tiles through plain autograd.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from typing import Iterator, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .na_plan import ClassPair, Plan2D, plan_2d
+from .plan import ClassPair, Plan2D, plan_2d
+
+NAME = "tiled"
 
 # Score elements per chunk (B * heads * tiles * queries * keys): 2^18 float32 = 1 MiB, cache-sized.
 SCORE_BUDGET = 1 << 18
@@ -46,13 +49,14 @@ def _rpb_slot_index(pair: ClassPair, kernel_size: int) -> torch.Tensor:
     return (rows[:, None, :, None] * side + cols[None, :, None, :]).reshape(-1)
 
 
-def _chunks(plan: Plan2D, batch: int, heads: int) -> Iterator[tuple[int, ClassPair, int, torch.Tensor,
-                                                                    torch.Tensor, torch.Tensor]]:
-    """(pair number, pair, tiles in chunk, query index, key index, query validity) for each chunk."""
+def _chunks(plan: Plan2D, batch: int, heads: int, score_budget: int | None = SCORE_BUDGET
+            ) -> Iterator[tuple[int, ClassPair, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(pair number, pair, tiles in chunk, query index, key index, query validity) for each chunk of at most
+    `score_budget` scores (None: one chunk per class pair)."""
     (th, tw), (rh, rw) = plan.tile, plan.region
-    step = max(1, SCORE_BUDGET // (batch * heads * th * tw * rh * rw))
     for number, pair in enumerate(plan.pairs):
         tiles = pair.rows.num_tiles * pair.cols.num_tiles
+        step = tiles if score_budget is None else max(1, score_budget // (batch * heads * th * tw * rh * rw))
         for first in range(0, tiles, step):
             n = min(step, tiles - first)
             q_slice = slice(first * th * tw, (first + n) * th * tw)
@@ -169,32 +173,42 @@ def _backward(ctx, grad_out):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _na2d_with_dropout(q, k, v, rpb, plan: Plan2D, batch: int, heads: int, dropout_p: float) -> torch.Tensor:
-    """Same computation through plain autograd, for attention dropout while training (rarely used)."""
+def tiles_by_standard_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor | None,
+                          plan: Plan2D, batch: int, heads: int, dropout_p: float = 0.0,
+                          score_budget: int | None = SCORE_BUDGET) -> torch.Tensor:
+    """The custom op's computation through plain autograd and standard ops only (index_select, matmul, add,
+    softmax, cat, and an index_select back to the queries' order), on flat (B*heads, H*W, D) tensors."""
     (th, tw), (rh, rw) = plan.tile, plan.region
     dim = q.shape[-1]
     score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
     biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
     outputs = []
-    for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
+    for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads, score_budget):
         q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
         k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
         v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
         scores = torch.matmul(q_blocks, k_blocks.transpose(-1, -2)).to(score_dtype) + biases[number]
-        probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+        probs = scores.softmax(dim=-1)
+        if dropout_p > 0.0:
+            probs = F.dropout(probs, p=dropout_p)
         outputs.append(torch.matmul(probs.to(v.dtype), v_blocks).reshape(batch * heads, n * th * tw, dim))
     return torch.cat(outputs, dim=1).index_select(1, plan.output_index)
 
 
-def na2d_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
-               rpb: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
+def why_not(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str | None:
+    """Runs every input: any device, float dtype, head dim, attention dropout, backward."""
+    return None
+
+
+def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, dilation: int,
+         rpb: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     """Neighborhood attention by dense tiles; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
     # Contiguous once here: index_select on a strided view would copy the whole tensor at every chunk.
     q, k, v = (t.reshape(batch * heads, height * width, dim).contiguous() for t in (q, k, v))
     if dropout_p > 0.0:
         plan = plan_2d(height, width, kernel_size, dilation, q.device)
-        out = _na2d_with_dropout(q, k, v, rpb, plan, batch, heads, dropout_p)
+        out = tiles_by_standard_ops(q, k, v, rpb, plan, batch, heads, dropout_p)
     else:
         out = _forward_op(q, k, v, rpb, batch, heads, height, width, kernel_size, dilation)
     return out.view(batch, heads, height, width, dim)

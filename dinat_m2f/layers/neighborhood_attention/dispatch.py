@@ -1,0 +1,79 @@
+"""Which backend runs `na2d`: the backend table, the automatic choice and the forced backend.
+
+Every backend is one module with the same two functions: `na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)`
+and `why_not(q, rpb, dropout_p, needs_grad) -> str | None`, which says why it cannot run these inputs (a phrase
+completing "backend 'name' ...", e.g. "has no backward on CPU"; None: it can). The automatic choice walks the
+priority row of the inputs' device and takes the
+first backend that can run them. A backend is forced by the `backend=` argument of `na2d`, then the
+`na_backend()` context manager, then the environment variable DINAT_M2F_NA_BACKEND; a forced backend that
+cannot run the inputs is a ValueError saying why. The choice is logged once per (backend, device, dtype).
+Adding a backend: its module, and its row in BACKENDS (and in PRIORITY to be chosen automatically).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+import torch
+
+from . import flex, natten, tiled
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = {backend.NAME: backend for backend in (tiled, flex, natten)}
+# Tried in this order by the automatic choice; devices without a row use DEFAULT_PRIORITY.
+PRIORITY = {
+    "cuda": ("natten", "flex", "tiled"),  # NATTEN's fused kernels where there is no RPB, else FlexAttention
+}
+DEFAULT_PRIORITY = ("tiled",)  # CPU and other devices (FlexAttention on CPU is slower and has no backward)
+BACKEND_ENV = "DINAT_M2F_NA_BACKEND"
+_forced_backend: list[str] = []
+_logged_choices: set[tuple] = set()
+
+
+@contextlib.contextmanager
+def na_backend(name: str) -> Iterator[None]:
+    """Force a neighborhood-attention backend (a name of BACKENDS, or "auto") inside the block."""
+    _check_backend_name(name, "na_backend")
+    _forced_backend.append(name)
+    try:
+        yield
+    finally:
+        _forced_backend.pop()
+
+
+def _check_backend_name(name: str, where: str) -> None:
+    if name not in BACKENDS and name != "auto":
+        raise ValueError(f"{where}: unknown neighborhood attention backend {name!r}; "
+                         f"choose from {tuple(BACKENDS) + ('auto',)}")
+
+
+def automatic_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str:
+    """The first backend of the inputs' priority row that can run them."""
+    row = PRIORITY.get(q.device.type, DEFAULT_PRIORITY)
+    for name in row:
+        if BACKENDS[name].why_not(q, rpb, dropout_p, needs_grad) is None:
+            return name
+    # Unreachable while every row ends in a backend that runs everything.
+    raise RuntimeError(f"no neighborhood attention backend of {row} runs these inputs")
+
+
+def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, requested: str | None = None) -> str:
+    """The backend for these inputs: the request (argument, then context manager, then env var), else
+    `automatic_backend`. A forced backend that cannot run these inputs is a ValueError saying why."""
+    name = requested or (_forced_backend[-1] if _forced_backend else None) or os.environ.get(BACKEND_ENV, "auto")
+    _check_backend_name(name, f"backend (argument, na_backend() or ${BACKEND_ENV})")
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or (rpb is not None and rpb.requires_grad))
+    if name == "auto":
+        name = automatic_backend(q, rpb, dropout_p, needs_grad)
+    else:
+        reason = BACKENDS[name].why_not(q, rpb, dropout_p, needs_grad)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} {reason}")
+    choice = (name, q.device.type, q.dtype)
+    if choice not in _logged_choices and not torch.compiler.is_compiling():  # logging would break the graph
+        _logged_choices.add(choice)
+        logger.info("neighborhood attention backend: %s (%s, %s)", name, q.device.type, q.dtype)
+    return name

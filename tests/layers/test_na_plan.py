@@ -1,0 +1,45 @@
+"""The tiling plan of the tiled and export backends: its docstring's worked example, and its invariant (each
+tile's key run covers all its queries' windows) over many axes."""
+import pytest
+
+from dinat_m2f.layers.neighborhood_attention.plan import _axis_plan_cpu, default_tile
+from dinat_m2f.layers.neighborhood_attention.window import axis_neighbors
+
+
+def test_worked_example_of_the_docstring():
+    # L = 10, k = 3, d = 2, tile = 2 (plan.py's docstring, the spec's example 7(b)).
+    plan = _axis_plan_cpu(10, 3, 2, 2)
+    assert (plan.tile, plan.region) == (2, 4)
+    classes = [(c.query_index.tolist(), c.key_index.tolist(), c.valid.int().tolist(), c.allowed.int().tolist(),
+                c.bias_index.tolist()) for c in plan.classes]
+    assert classes == [
+        ([0, 2, 1, 3], [0, 2, 4, 6, 1, 3, 5, 7], [1, 1, 1, 1], [[1, 1, 1, 0], [1, 1, 1, 0]], [[2, 3, 4, 4], [1, 2, 3, 4]]),
+        ([4, 6, 5, 7], [2, 4, 6, 8, 3, 5, 7, 9], [1, 1, 1, 1], [[1, 1, 1, 0], [0, 1, 1, 1]], [[1, 2, 3, 4], [0, 1, 2, 3]]),
+        ([8, 8, 9, 9], [2, 4, 6, 8, 3, 5, 7, 9], [1, 0, 1, 0], [[0, 1, 1, 1], [0, 1, 1, 1]], [[0, 0, 1, 2], [0, 0, 1, 2]]),
+    ]
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 11])
+def test_every_tile_reads_exactly_its_queries_windows(kernel_size):
+    # The invariant: window starts never decrease along a group, so a tile's windows are one run of at most
+    # tile + k - 1 keys; the mask keeps exactly each query's window, with the window rule's RPB slots.
+    for dilation in (1, 2, 3, 5):
+        for length in range(kernel_size * dilation, kernel_size * dilation + 3 * dilation + 4):
+            keys, slots = axis_neighbors(length, kernel_size, dilation)
+            for tile in sorted({2, 4, default_tile(-(-length // dilation), kernel_size)}):
+                plan = _axis_plan_cpu(length, kernel_size, dilation, tile)
+                assert plan.region <= plan.tile + kernel_size - 1
+                seen = set()
+                for c in plan.classes:
+                    queries = c.query_index.view(c.num_tiles, plan.tile)
+                    runs = c.key_index.view(c.num_tiles, plan.region)
+                    for t in range(c.num_tiles):
+                        for a in range(plan.tile):
+                            query = int(queries[t, a])
+                            if not c.valid[t * plan.tile + a]:
+                                continue
+                            seen.add(query)
+                            kept = runs[t][c.allowed[a]]
+                            assert kept.tolist() == keys[query].tolist(), (length, kernel_size, dilation, tile, query)
+                            assert c.bias_index[a][c.allowed[a]].tolist() == slots[query].tolist()
+                assert seen == set(range(length))
