@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="float32")
-    parser.add_argument("--backends", default=None, help="comma-separated, of tiled, flex, natten, gather "
+    parser.add_argument("--backends", default=None, help="comma-separated, of tiled, flex, natten, export, gather "
                         "(default: tiled,gather, and natten when importable)")
     parser.add_argument("--image", type=_image_sizes, default="640",
                         help="input sizes, comma-separated: N (N x N) or HxW, e.g. 1024,800x1216")

@@ -2,10 +2,11 @@
 
     window.py      the window rule (window start, RPB slot) that every backend and the reference use
     reference.py   na2d_reference: gather-based, exact, slow (tests, benchmark baseline)
-    plan.py        the tiling plan of the tiled backend
+    plan.py        the tiling plan of the tiled and export backends
     tiled.py       backend "tiled": dense tiles as a custom op with a recomputing backward (CPU default)
     flex.py        backend "flex": torch FlexAttention with a block mask (CUDA default)
     natten.py      backend "natten": NATTEN's fused kernels, without RPB (optional)
+    export.py      backend "export": the tiles in standard operators (chosen while exporting)
     dispatch.py    the backend table, the automatic choice, forcing a backend, the log line
     functional.py  na2d(q, k, v, kernel_size, dilation=1, rpb=None): checks, then the chosen backend
     module.py      NeighborhoodAttention2D, the channels-last layer of the DiNAT checkpoints

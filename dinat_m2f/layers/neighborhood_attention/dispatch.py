@@ -3,7 +3,7 @@
 Every backend is one module with the same two functions: `na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)`
 and `why_not(q, rpb, dropout_p, needs_grad) -> str | None`, which says why it cannot run these inputs (a phrase
 completing "backend 'name' ...", e.g. "has no backward on CPU"; None: it can). The automatic choice walks the
-priority row of the inputs' device and takes the
+priority row of the inputs' device (the "exporting" row while torch.export or torch.onnx traces) and takes the
 first backend that can run them. A backend is forced by the `backend=` argument of `na2d`, then the
 `na_backend()` context manager, then the environment variable DINAT_M2F_NA_BACKEND; a forced backend that
 cannot run the inputs is a ValueError saying why. The choice is logged once per (backend, device, dtype).
@@ -18,13 +18,14 @@ from typing import Iterator
 
 import torch
 
-from . import flex, natten, tiled
+from . import export, flex, natten, tiled
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = {backend.NAME: backend for backend in (tiled, flex, natten)}
+BACKENDS = {backend.NAME: backend for backend in (tiled, flex, natten, export)}
 # Tried in this order by the automatic choice; devices without a row use DEFAULT_PRIORITY.
 PRIORITY = {
+    "exporting": ("export",),  # standard operators only: no custom op in an exported graph
     "cuda": ("natten", "flex", "tiled"),  # NATTEN's fused kernels where there is no RPB, else FlexAttention
 }
 DEFAULT_PRIORITY = ("tiled",)  # CPU and other devices (FlexAttention on CPU is slower and has no backward)
@@ -50,9 +51,14 @@ def _check_backend_name(name: str, where: str) -> None:
                          f"choose from {tuple(BACKENDS) + ('auto',)}")
 
 
+def is_exporting() -> bool:
+    """True while torch.export (also under torch.onnx's dynamo exporter) or the TorchScript ONNX exporter traces."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def automatic_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str:
     """The first backend of the inputs' priority row that can run them."""
-    row = PRIORITY.get(q.device.type, DEFAULT_PRIORITY)
+    row = PRIORITY["exporting"] if is_exporting() else PRIORITY.get(q.device.type, DEFAULT_PRIORITY)
     for name in row:
         if BACKENDS[name].why_not(q, rpb, dropout_p, needs_grad) is None:
             return name

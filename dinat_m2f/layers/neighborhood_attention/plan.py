@@ -1,4 +1,4 @@
-"""The tiling plan of the `tiled` backend: which queries form a tile, which keys it reads, and
+"""The tiling plan of the `tiled` and `export` backends: which queries form a tile, which keys it reads, and
 the mask and relative-positional-bias (RPB) slots of every (query, key) pair of a tile.
 
 Along one axis, the queries of each dilation group are cut into tiles of `tile` consecutive members. A tile
@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .window import axis_window_starts, rpb_slot
 
@@ -204,9 +205,12 @@ def plan_2d(height: int, width: int, kernel_size: int, dilation: int, device: to
     key = (height, width, kernel_size, dilation, tile, str(device))
     plan = _device_plans.get(key)
     if plan is None:
-        plan = _plan_2d_cpu(height, width, kernel_size, dilation, *tile)
-        if device.type != "cpu":
-            plan = _to_device(plan, device)
+        # The plan is constant data: made with real tensors even while torch.export or torch.onnx traces (their
+        # fake tensors could not be read back into indices, and must not stay in the caches).
+        with _disable_current_modes():
+            plan = _plan_2d_cpu(height, width, kernel_size, dilation, *tile)
+            if device.type != "cpu":
+                plan = _to_device(plan, device)
         if len(_device_plans) > 256:
             _device_plans.clear()
         _device_plans[key] = plan

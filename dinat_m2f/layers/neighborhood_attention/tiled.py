@@ -9,7 +9,7 @@ Tiles are processed in small chunks so the scores stay in cache between the prod
 softmax; memory is O(chunk), never (H*W)^2. The backward pass recomputes each chunk's probabilities
 (flash-attention style) and accumulates the gradients of q, k, v and rpb into one buffer each. Forward and
 backward are torch custom ops (dinat_m2f::na2d_tiled and dinat_m2f::na2d_tiled_backward). Attention dropout
-takes `tiles_by_standard_ops`, the same tiles through plain autograd.
+takes `tiles_by_standard_ops`, the same tiles through plain autograd, which is also the `export` backend.
 """
 from __future__ import annotations
 
