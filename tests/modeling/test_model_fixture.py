@@ -177,7 +177,7 @@ def test_panoptic_merges_stuff_of_one_class_and_keeps_things_apart(reference_mod
     masks[4] = 10  # no-object
     num_classes = reference_model.sem_seg_head.num_classes
     logits = _one_hot_logits([3, 3, 1, 1, num_classes], num_classes)
-    panoptic_seg, segments_info = reference_model.panoptic_inference(logits, masks)
+    panoptic_seg, segments_info = reference_model.postprocessor.panoptic_inference(logits, masks)
     assert segments_info == [
         {"id": 1, "isthing": False, "category_id": 3},
         {"id": 2, "isthing": True, "category_id": 1},
@@ -188,7 +188,7 @@ def test_panoptic_merges_stuff_of_one_class_and_keeps_things_apart(reference_mod
 
 
 def test_panoptic_drops_low_scores_and_mostly_covered_segments(reference_model, monkeypatch):
-    monkeypatch.setattr(reference_model, "object_mask_threshold", 0.5)
+    monkeypatch.setattr(reference_model.postprocessor, "object_mask_threshold", 0.5)
     h, w = 8, 8
     masks = torch.full((3, h, w), -10.0)
     masks[0, :, 1:] = 10  # class 0, confident, everything but column 0
@@ -198,8 +198,8 @@ def test_panoptic_drops_low_scores_and_mostly_covered_segments(reference_model, 
     logits = _one_hot_logits([0, 2, 4], num_classes)
     logits[1, 2] = 5.0
     logits[2] = 0.0
-    assert reference_model.overlap_threshold == 0.3
-    panoptic_seg, segments_info = reference_model.panoptic_inference(logits, masks)
+    assert reference_model.postprocessor.overlap_threshold == 0.3
+    panoptic_seg, segments_info = reference_model.postprocessor.panoptic_inference(logits, masks)
     assert segments_info == [{"id": 1, "isthing": True, "category_id": 0}]
     assert (panoptic_seg[:, 1:] == 1).all() and (panoptic_seg[:, 0] == 0).all()
 
@@ -207,7 +207,7 @@ def test_panoptic_drops_low_scores_and_mostly_covered_segments(reference_model, 
 def test_empty_panoptic_result_is_all_void(reference_model):
     num_classes = reference_model.sem_seg_head.num_classes
     logits = _one_hot_logits([num_classes] * 3, num_classes)
-    panoptic_seg, segments_info = reference_model.panoptic_inference(logits, torch.zeros(3, 4, 4))
+    panoptic_seg, segments_info = reference_model.postprocessor.panoptic_inference(logits, torch.zeros(3, 4, 4))
     assert segments_info == [] and (panoptic_seg == 0).all()
 
 
@@ -216,8 +216,8 @@ def test_instances_keep_only_things_when_panoptic_is_on(reference_model):
     logits = _one_hot_logits([0, 3, 1, 4], num_classes)
     masks = torch.full((4, 6, 6), -5.0)
     masks[:, :3] = 5.0
-    instances = reference_model.instance_inference(logits, masks)
-    things = set(reference_model.metadata.thing_dataset_id_to_contiguous_id.values())
+    instances = reference_model.postprocessor.instance_inference(logits, masks)
+    things = set(reference_model.postprocessor.metadata.thing_dataset_id_to_contiguous_id.values())
     assert len(instances) > 0
     assert set(instances.pred_classes.tolist()) <= things
     assert {0, 1} <= set(instances.pred_classes.tolist())
@@ -227,9 +227,9 @@ def test_instances_keep_only_things_when_panoptic_is_on(reference_model):
 def test_semantic_only_model_postprocesses_after_inference(reference_model, m2f_reference, monkeypatch):
     """With panoptic and instance off, semantic inference runs at the padded size and is resized after; for
     the fixture's image (already a multiple of 32, output at its own size) the result is the same."""
-    monkeypatch.setattr(reference_model, "panoptic_on", False)
-    monkeypatch.setattr(reference_model, "instance_on", False)
-    monkeypatch.setattr(reference_model, "sem_seg_postprocess_before_inference", False)
+    monkeypatch.setattr(reference_model.postprocessor, "panoptic_on", False)
+    monkeypatch.setattr(reference_model.postprocessor, "instance_on", False)
+    monkeypatch.setattr(reference_model.postprocessor, "sem_seg_postprocess_before_inference", False)
     image = m2f_reference["image"]
     with torch.no_grad():
         result = reference_model([{"image": image}])[0]
