@@ -11,6 +11,9 @@ panoptic format), <name>_instances.json (COCO results, RLE masks), <name>_sem_se
 An --output with an image extension names the single visualization file (results are written beside it);
 without --output the visualizations are shown in a window. Unreadable inputs are reported and skipped;
 the exit status is 1 if any input was skipped.
+
+--onnx model.onnx (run by ONNX Runtime) or --pt2 model.pt2 (torch.export or AOTInductor) runs a network exported
+by tools/export_model.py from the same config instead of the PyTorch model, with the same post-processing.
 """
 import argparse
 import glob
@@ -31,7 +34,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo/ modules, also when imported elsewhere
-from export import CategoryIds, write_results  # noqa: E402
+from results import CategoryIds, write_results  # noqa: E402
 from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 
 import dinat_m2f  # noqa: E402,F401  (registers the model)
@@ -50,6 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="images, folders of images or quoted glob patterns ('photos/*.jpg')")
     parser.add_argument("--video-input", help="a video file to run on, frame by frame")
     parser.add_argument("--output", help="folder for results, or one image file for a single input")
+    exported = parser.add_mutually_exclusive_group()
+    exported.add_argument("--onnx", metavar="FILE", help="run this exported ONNX network (ONNX Runtime, CPU)")
+    exported.add_argument("--pt2", metavar="FILE", help="run this exported torch.export / AOTInductor network")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of the instances drawn and written (instance results)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
@@ -170,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     if not args.input and not args.video_input:
         raise SystemExit("Nothing to do: give --input images or --video-input")
-    predictor = Predictor(setup_cfg(args))
+    predictor = Predictor(setup_cfg(args), exported=args.onnx or args.pt2)
 
     skipped = 0
     if args.input:

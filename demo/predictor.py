@@ -14,6 +14,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
+from dinat_m2f.export import ExportedMaskFormer
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +22,16 @@ logger = logging.getLogger(__name__)
 class Predictor:
     """Runs the model on one RGB image (H, W, 3) uint8 the way detectron2's evaluation does: resize the
     shortest edge to INPUT.MIN_SIZE_TEST (0: no resize), channels in INPUT.FORMAT, outputs at the
-    original size."""
+    original size. With `exported` (an .onnx or .pt2 file of tools/export_model.py) that network runs instead
+    of the PyTorch model (MODEL.WEIGHTS is then not read)."""
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, exported: str | None = None):
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        SafeDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        if exported:
+            self.model = ExportedMaskFormer(exported, self.cfg)
+        else:
+            self.model = build_model(self.cfg).eval()
+            SafeDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.metadata = dataset_metadata(cfg)
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the demo, got {cfg.INPUT.FORMAT!r}")

@@ -4,9 +4,16 @@
     python tools/benchmark_model.py                                   # CPU, float32, one 640x640 image
     python tools/benchmark_model.py --device cuda --precision bfloat16 --size 800 1216 --train
     python tools/benchmark_model.py --device cuda --precision bfloat16 --size 800 1216 --compile --batch 4
+    python tools/benchmark_model.py --backends eager,onnx,aoti        # CPU: PyTorch vs ONNX Runtime vs AOTInductor
 
 Inference runs the full model with the config's post-processing (panoptic, instance, semantic) on random
-images, --batch of them per call. --compile runs the backbone and the segmentation head through torch.compile
+images, --batch of them per call. --backends picks what runs the network: `eager` (the PyTorch model), `onnx`
+(ONNX Runtime, CPU), `pt2` (torch.export's ExportedProgram) or `aoti` (an AOTInductor package), the exported
+ones float32 on the CPU, one image per call, through dinat_m2f.export.ExportedMaskFormer (same normalization,
+padding and post-processing). Exported files are kept in --export-dir and reused by later runs (delete them
+after changing the model or the weights); making them is timed separately. Each backend runs in a fresh process,
+so its peak memory (the process's peak resident memory on CPU, weights included; allocated memory on CUDA) is
+its own. --compile runs the backbone and the segmentation head through torch.compile
 (post-processing stays eager); the warm-up call compiles. Training (--train) runs optimizer steps on
 --train-batch random LSJ-sized images with generated instance targets, under autocast in --precision, as
 train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does not depend on them.
@@ -14,6 +21,7 @@ train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import platform
 import resource
 import sys
@@ -27,6 +35,14 @@ from detectron2.structures import Instances
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dinat_m2f  # noqa: E402,F401  (registers the model and the datasets)
 from dinat_m2f.config import load_project_config  # noqa: E402
+from dinat_m2f.export import ExportedMaskFormer, export_onnx, export_pt2  # noqa: E402
+
+# Exported backends: file name suffix and exporter.
+EXPORTED = {
+    "onnx": (".onnx", lambda model, size, path: export_onnx(model, size, path)),
+    "pt2": (".pt2", lambda model, size, path: export_pt2(model, size, path)),
+    "aoti": ("_aoti.pt2", lambda model, size, path: export_pt2(model, size, path, aoti=True)),
+}
 
 
 def _rss_mb() -> float:
@@ -56,6 +72,52 @@ def _training_image(size: int, num_classes: int, device: torch.device) -> dict:
     return item
 
 
+def _load_cfg(config_file: str, opts: list, device: str):
+    cfg = load_project_config(config_file, opts)
+    cfg.MODEL.DEVICE = device
+    cfg.freeze()
+    return cfg
+
+
+def _build_model(cfg):
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS and Path(cfg.MODEL.WEIGHTS).exists():
+        from dinat_m2f.checkpoint import SafeDetectionCheckpointer
+
+        SafeDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model
+
+
+def _time_inference(spec: dict) -> dict:
+    """Seconds per image and peak memory of one backend (run in a fresh process)."""
+    torch.set_num_threads(spec["threads"])
+    cfg = _load_cfg(spec["config_file"], spec["opts"], spec["device"])
+    device = torch.device(spec["device"])
+    if spec["backend"] == "eager":
+        model = _build_model(cfg).eval()
+        if spec["compile"]:
+            model.backbone = torch.compile(model.backbone)
+            model.sem_seg_head = torch.compile(model.sem_seg_head)
+    else:
+        model = ExportedMaskFormer(spec["file"], cfg, threads=spec["threads"])
+    autocast = torch.autocast(device.type, dtype=getattr(torch, spec["precision"]),
+                              enabled=spec["precision"] != "float32")
+    height, width = spec["size"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad(), autocast:
+        model([_image(height, width, device) for _ in range(spec["batch"])])  # warm-up (plans, kernels, compiling)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(spec["images"]):
+            model([_image(height, width, device) for _ in range(spec["batch"])])
+        _sync(device)
+    per_image = (time.perf_counter() - start) / (spec["images"] * spec["batch"])
+    # The whole process on CPU (weights, runtime and activations), allocations on CUDA.
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
+    return {"per_image": per_image, "peak": peak}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/coco/panoptic/dinat_l.yaml")
@@ -65,6 +127,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="timed inference calls (after one warm-up)")
     parser.add_argument("--batch", type=int, default=1, help="images per inference call")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and the head")
+    parser.add_argument("--backends", default="eager", help="comma-separated, of eager, " + ", ".join(EXPORTED))
+    parser.add_argument("--export-dir", default="output/export", help="where exported files are kept")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train", action="store_true", help="also time training steps")
     parser.add_argument("--train-size", type=int, default=1024)
@@ -72,49 +136,54 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
+    backends = args.backends.split(",")
+    unknown = [b for b in backends if b != "eager" and b not in EXPORTED]
+    if unknown:
+        raise SystemExit(f"--backends: unknown {unknown}; choose from eager, {', '.join(EXPORTED)}")
+    exported = [b for b in backends if b != "eager"]
+    if exported and (args.device != "cpu" or args.precision != "float32" or args.batch != 1):
+        raise SystemExit(f"--backends {','.join(exported)}: exported networks run float32 on the CPU, one image "
+                         "per call (--device cpu --precision float32 --batch 1)")
 
     torch.set_num_threads(args.threads)
-    cfg = load_project_config(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = args.device
-    cfg.freeze()
+    cfg = _load_cfg(args.config_file, args.opts, args.device)
     device = torch.device(args.device)
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS and Path(cfg.MODEL.WEIGHTS).exists():
-        from dinat_m2f.checkpoint import SafeDetectionCheckpointer
-
-        SafeDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    if args.compile:
-        model.backbone = torch.compile(model.backbone)
-        model.sem_seg_head = torch.compile(model.sem_seg_head)
-    autocast = torch.autocast(device.type, dtype=getattr(torch, args.precision),
-                              enabled=args.precision != "float32")
+    model = _build_model(cfg)
     params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{args.config_file}: {params / 1e6:.1f}M parameters, torch {torch.__version__}, "
           f"{args.device} ({name}), {args.threads} CPU threads, {args.precision}"
           f"{', torch.compile' if args.compile else ''}")
-    print("| run | input | precision | time | throughput | peak memory MB |")
-    print("|---|---|---|---|---|---|")
 
     height, width = args.size
-    model.eval()
-    base_rss = _rss_mb()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad(), autocast:
-        model([_image(height, width, device) for _ in range(args.batch)])  # warm-up (plans, kernels, compiling)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.images):
-            model([_image(height, width, device) for _ in range(args.batch)])
-        _sync(device)
-    per_image = (time.perf_counter() - start) / (args.images * args.batch)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base_rss
-    print(f"| inference | {args.batch} x {height}x{width} | {args.precision} | {per_image:.3f} s/image | "
-          f"{1 / per_image:.2f} images/s | {peak:.0f} |")
+    files = {}
+    for backend in exported:
+        suffix, export = EXPORTED[backend]
+        files[backend] = Path(args.export_dir) / f"{Path(args.config_file).stem}_{height}x{width}{suffix}"
+        if not files[backend].exists():
+            files[backend].parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            export(model.eval(), (height, width), files[backend])
+            print(f"exported {files[backend]} in {time.perf_counter() - start:.0f} s")
+
+    if not args.train:
+        del model  # the backends build their own, each in its own process
+    print("| run | backend | input | precision | time | throughput | peak memory MB |")
+    print("|---|---|---|---|---|---|---|")
+    context = mp.get_context("spawn")
+    for backend in backends:
+        spec = dict(backend=backend, file=str(files.get(backend, "")), config_file=args.config_file,
+                    opts=args.opts, device=args.device, precision=args.precision, size=(height, width),
+                    batch=args.batch, images=args.images, threads=args.threads, compile=args.compile)
+        with context.Pool(1) as pool:
+            row = pool.apply(_time_inference, (spec,))
+        print(f"| inference | {backend} | {args.batch} x {height}x{width} | {args.precision} | "
+              f"{row['per_image']:.3f} s/image | {1 / row['per_image']:.2f} images/s | {row['peak']:.0f} |")
 
     if args.train:
         model.train()
+        autocast = torch.autocast(device.type, dtype=getattr(torch, args.precision),
+                                  enabled=args.precision != "float32")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         batch = [_training_image(args.train_size, num_classes, device) for _ in range(args.train_batch)]
@@ -134,8 +203,8 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         step = min(times[1:])
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base_rss
-        print(f"| training step | {args.train_batch} x {args.train_size}x{args.train_size} | {args.precision} | "
-              f"{step:.3f} s/iter | {args.train_batch / step:.2f} images/s | {peak:.0f} |")
+        print(f"| training step | eager | {args.train_batch} x {args.train_size}x{args.train_size} | "
+              f"{args.precision} | {step:.3f} s/iter | {args.train_batch / step:.2f} images/s | {peak:.0f} |")
 
 
 if __name__ == "__main__":

@@ -227,8 +227,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         predictions_mask.append(outputs_mask)
         for i in range(self.num_layers):
             level_index = i % self.num_feature_levels
-            # A query whose mask is empty at this level attends everywhere instead of nowhere.
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            # A query whose mask is empty at this level attends everywhere instead of nowhere (elementwise, so
+            # an exported graph has no data-dependent indexing).
+            attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
             output = self.transformer_cross_attention_layers[i](
                 output, src[level_index], memory_mask=attn_mask, pos=pos[level_index], query_pos=query_embed
             )
