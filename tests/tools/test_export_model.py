@@ -1,0 +1,33 @@
+"""tools/export_model.py: bad arguments are clear errors before anything is built (exporting itself is
+tests/e2e/test_export.py)."""
+import importlib.util
+
+import pytest
+from project_paths import REPO as ROOT
+
+CONFIG = str(ROOT / "configs" / "synthetic" / "panoptic" / "dinat_mini.yaml")
+
+
+@pytest.fixture(scope="module")
+def export_model():
+    spec = importlib.util.spec_from_file_location("export_model", ROOT / "tools" / "export_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--format", "onnx", "--size", "64", "96", "--output", "model.pt2"], "a onnx file must end in .onnx"),
+    (["--format", "onnx", "--size", "64", "96", "--output", "m.onnx", "--aoti"], "--aoti packages a pt2 export"),
+    (["--format", "pt2", "--size", "64", "100", "--output", "m.pt2"], r"--size 64 100: .*SIZE_DIVISIBILITY = 32"),
+])
+def test_bad_arguments_are_clear_errors(export_model, arguments, message):
+    with pytest.raises(SystemExit, match=message):
+        export_model.main(["--config-file", CONFIG, *arguments])
+
+
+def test_unknown_config_key_names_the_key(export_model):
+    # The project's config loader's error (yacs raises an AssertionError for it).
+    with pytest.raises((AssertionError, ValueError), match="MODEL.NO_SUCH_KEY"):
+        export_model.main(["--config-file", CONFIG, "--format", "onnx", "--size", "64", "96", "--output", "m.onnx",
+                           "MODEL.NO_SUCH_KEY", "1"])
