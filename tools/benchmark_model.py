@@ -13,10 +13,11 @@ ones float32 on the CPU, one image per call, through dinat_m2f.export.ExportedMa
 padding and post-processing). Exported files are kept in --export-dir and reused by later runs (delete them
 after changing the model or the weights); making them is timed separately. Each backend runs in a fresh process,
 so its peak memory (the process's peak resident memory on CPU, weights included; allocated memory on CUDA) is
-its own. --compile runs the backbone and the segmentation head through torch.compile
-(post-processing stays eager); the warm-up call compiles. Training (--train) runs optimizer steps on
---train-batch random LSJ-sized images with generated instance targets, under autocast in --precision, as
-train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does not depend on them.
+its own. Time is wall time per image; CPU time is the process's CPU time per image (all its threads), which
+competing processes on a shared machine inflate less. --compile runs the backbone and the segmentation head
+through torch.compile (post-processing stays eager); the warm-up call compiles. Training (--train) runs
+optimizer steps on --train-batch random LSJ-sized images with generated instance targets, under autocast in
+--precision, as train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does not depend on them.
 """
 from __future__ import annotations
 
@@ -108,14 +109,16 @@ def _time_inference(spec: dict) -> dict:
     with torch.no_grad(), autocast:
         model([_image(height, width, device) for _ in range(spec["batch"])])  # warm-up (plans, kernels, compiling)
         _sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(spec["images"]):
             model([_image(height, width, device) for _ in range(spec["batch"])])
         _sync(device)
-    per_image = (time.perf_counter() - start) / (spec["images"] * spec["batch"])
+    images = spec["images"] * spec["batch"]
+    per_image = (time.perf_counter() - start) / images
+    cpu_per_image = (time.process_time() - start_cpu) / images
     # The whole process on CPU (weights, runtime and activations), allocations on CUDA.
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
-    return {"per_image": per_image, "peak": peak}
+    return {"per_image": per_image, "cpu_per_image": cpu_per_image, "peak": peak}
 
 
 def main() -> None:
@@ -168,8 +171,8 @@ def main() -> None:
 
     if not args.train:
         del model  # the backends build their own, each in its own process
-    print("| run | backend | input | precision | time | throughput | peak memory MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | backend | input | precision | time | CPU time | throughput | peak memory MB |")
+    print("|---|---|---|---|---|---|---|---|")
     context = mp.get_context("spawn")
     for backend in backends:
         spec = dict(backend=backend, file=str(files.get(backend, "")), config_file=args.config_file,
@@ -178,7 +181,8 @@ def main() -> None:
         with context.Pool(1) as pool:
             row = pool.apply(_time_inference, (spec,))
         print(f"| inference | {backend} | {args.batch} x {height}x{width} | {args.precision} | "
-              f"{row['per_image']:.3f} s/image | {1 / row['per_image']:.2f} images/s | {row['peak']:.0f} |")
+              f"{row['per_image']:.3f} s/image | {row['cpu_per_image']:.3f} s/image | "
+              f"{1 / row['per_image']:.2f} images/s | {row['peak']:.0f} |")
 
     if args.train:
         model.train()
@@ -204,7 +208,7 @@ def main() -> None:
         step = min(times[1:])
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base_rss
         print(f"| training step | eager | {args.train_batch} x {args.train_size}x{args.train_size} | "
-              f"{args.precision} | {step:.3f} s/iter | {args.train_batch / step:.2f} images/s | {peak:.0f} |")
+              f"{args.precision} | {step:.3f} s/iter | -  | {args.train_batch / step:.2f} images/s | {peak:.0f} |")
 
 
 if __name__ == "__main__":
