@@ -34,6 +34,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo/ modules, also when imported elsewhere
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the project, also when it is not installed
 from results import CategoryIds, write_results  # noqa: E402
 from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 
