@@ -9,8 +9,10 @@ For each image, out/ receives the visualization (same file name as the input) an
 results of every task the model has on (MODEL.MASK_FORMER.TEST.*_ON): <name>_panoptic.png + .json (COCO
 panoptic format), <name>_instances.json (COCO results, RLE masks), <name>_sem_seg.png (label ids).
 An --output with an image extension names the single visualization file (results are written beside it);
-without --output the visualizations are shown in a window. Unreadable inputs are reported and skipped;
-the exit status is 1 if any input was skipped.
+without --output the visualizations are shown in a window. Unreadable inputs, and folders or patterns
+without images, are reported and skipped; the exit status is 1 if any input was skipped (an error if no image
+is left). A video output that cannot be written is an error; a video that ends before the frame count its
+header announces is reported.
 
 --onnx model.onnx (run by ONNX Runtime) or --pt2 model.pt2 (torch.export or AOTInductor) runs a network exported
 by tools/export_model.py from the same config instead of the PyTorch model, with the same post-processing.
@@ -70,20 +72,23 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def expand_inputs(patterns: List[str]) -> List[Path]:
-    """Files as given (even missing ones, so they get reported), folders' images sorted, glob matches."""
+def expand_inputs(patterns: List[str]) -> Tuple[List[Path], List[str]]:
+    """Files as given (even missing ones, so they get reported), folders' images sorted, glob matches.
+    Also returns the folders and patterns that gave no file (reported; they make the exit status 1)."""
     paths: List[Path] = []
+    empty: List[str] = []
     for pattern in patterns:
         if os.path.isdir(pattern):
-            paths += sorted(p for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(p for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern))
-            if not matches:
-                logger.warning("No file matches %s", pattern)
-            paths += [Path(m) for m in matches if not os.path.isdir(m)]
+            found = [Path(m) for m in sorted(glob.glob(pattern)) if not os.path.isdir(m)]
         else:
-            paths.append(Path(pattern))
-    return paths
+            found = [Path(pattern)]
+        if not found:
+            logger.warning("No image in %s", pattern)
+            empty.append(pattern)
+        paths += found
+    return paths, empty
 
 
 def output_names(paths: List[Path], output: str) -> List[Path]:
@@ -141,13 +146,18 @@ def run_on_video(predictor: Predictor, video: str, output: Optional[str], confid
         destination = output if Path(output).suffix else os.path.join(output, Path(video).stem + ".mp4")
         os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
         writer = cv2.VideoWriter(destination, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():  # OpenCV does not raise: a folder, an unknown extension, no permission
+            raise SystemExit(f"Cannot write the video {destination}: OpenCV could not open it for writing "
+                             "(an .mp4 or .avi file in a writable folder is needed)")
     video_visualizer = VideoVisualizer(predictor.metadata, ColorMode.IMAGE)
-    num_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    num_frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) or None  # from the header; may be absent
+    frames_read = 0
     with tqdm.tqdm(total=num_frames, unit="frame") as progress:
         while True:
             ok, frame_bgr = capture.read()
             if not ok:
                 break
+            frames_read += 1
             frame_rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
             vis = visualize_frame(video_visualizer, frame_rgb, predictor(frame_rgb), confidence_threshold)
             vis_bgr = vis.get_image()[:, :, ::-1]
@@ -157,9 +167,12 @@ def run_on_video(predictor: Predictor, video: str, output: Optional[str], confid
                 show(vis.get_image(), wait_ms=1)
             progress.update()
     capture.release()
+    if frames_read == 0 or (num_frames and frames_read < num_frames):
+        logger.warning("%s: read %d frames%s: the file is truncated or damaged", video, frames_read,
+                       f" of the {num_frames} its header announces" if num_frames else "")
     if writer is not None:
         writer.release()
-        logger.info("Wrote %s", destination)
+        logger.info("Wrote %s (%d frames)", destination, frames_read)
 
 
 def show(image_rgb: np.ndarray, wait_ms: int) -> None:
@@ -177,13 +190,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     if not args.input and not args.video_input:
         raise SystemExit("Nothing to do: give --input images or --video-input")
+    paths, empty = expand_inputs(args.input)
+    if not paths and not args.video_input:
+        raise SystemExit(f"No image in {' '.join(args.input)}")
     predictor = Predictor(setup_cfg(args), exported=args.onnx or args.pt2)
 
-    skipped = 0
-    if args.input:
-        paths = expand_inputs(args.input)
-        done, skipped = run_on_images(predictor, paths, args.output, args.confidence_threshold)
-        logger.info("Processed %d images%s", done, f", skipped {skipped} unreadable" if skipped else "")
+    skipped = len(empty)
+    if paths:
+        done, unreadable = run_on_images(predictor, paths, args.output, args.confidence_threshold)
+        logger.info("Processed %d images%s", done, f", skipped {unreadable} unreadable" if unreadable else "")
+        skipped += unreadable
     if args.video_input:
         run_on_video(predictor, args.video_input, args.output, args.confidence_threshold)
     return 1 if skipped else 0

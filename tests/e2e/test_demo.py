@@ -1,5 +1,6 @@
-"""demo/demo.py: inputs (files, folders, globs, grayscale/RGBA/tiny/unreadable images, a video) and the
-machine-readable results it writes (COCO panoptic PNG + JSON, instance RLE JSON, semantic PNG).
+"""demo/demo.py: inputs (files, folders, globs, grayscale/RGBA/tiny/unreadable images, a video, folders and
+patterns without images, a truncated video, an unwritable video output) and the machine-readable results it
+writes (COCO panoptic PNG + JSON, instance RLE JSON, semantic PNG).
 
 The model is the synthetic panoptic config (configs/synthetic/panoptic/dinat_mini.yaml) with random,
 seeded weights saved to a .pth and loaded through MODEL.WEIGHTS: these tests are about the demo's I/O and
@@ -222,6 +223,79 @@ def test_several_inputs_need_an_output_folder(tmp_path, demo_opts):
     with pytest.raises(SystemExit, match="2 inputs"):
         demo.main(["--config-file", str(CONFIG), "--input", str(tmp_path / "*.png"),
                    "--output", str(tmp_path / "vis.jpg"), "--opts", *demo_opts])
+
+
+@pytest.mark.parametrize("output", ["folder_named_clip.mp4", "clip.unknown-container"])
+def test_unwritable_video_output_is_an_error(tmp_path, demo_opts, output):
+    """OpenCV's writer does not raise when it cannot open its file: the demo used to log "Wrote ..." and exit 0
+    with nothing written."""
+    write_video(tmp_path / "clip.mp4", num_frames=2)
+    if output.startswith("folder"):
+        (tmp_path / output).mkdir()
+    with RecordLogs(logging.getLogger("dinat_m2f.demo")) as logs:
+        with pytest.raises(SystemExit, match=f"Cannot write the video .*{output}"):
+            demo.main(["--config-file", str(CONFIG), "--video-input", str(tmp_path / "clip.mp4"),
+                       "--output", str(tmp_path / output), "--opts", *demo_opts])
+    assert not any(m.startswith("Wrote") for m in logs.messages)
+
+
+def test_truncated_video_warns_with_the_frames_read(tmp_path, demo_opts):
+    """An AVI cut in half still opens and announces its 12 frames; the frames that decode are processed."""
+    write_video(tmp_path / "full.avi", num_frames=12)
+    data = (tmp_path / "full.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    readable = count_frames(tmp_path / "cut.avi")
+    assert 0 < readable < 12
+    with RecordLogs(logging.getLogger("dinat_m2f.demo")) as logs:
+        status = demo.main(["--config-file", str(CONFIG), "--video-input", str(tmp_path / "cut.avi"),
+                            "--output", str(tmp_path / "out"), "--opts", *demo_opts])
+    assert status == 0
+    assert any(f"cut.avi: read {readable} frames of the 12 its header announces" in m for m in logs.messages), \
+        logs.messages
+    assert count_frames(tmp_path / "out" / "cut.mp4") == readable
+    # a complete video gives no warning
+    with RecordLogs(logging.getLogger("dinat_m2f.demo")) as logs:
+        demo.main(["--config-file", str(CONFIG), "--video-input", str(tmp_path / "full.avi"),
+                   "--output", str(tmp_path / "out"), "--opts", *demo_opts])
+    assert not any("truncated" in m for m in logs.messages)
+
+
+def test_folder_or_glob_without_images_exits_non_zero(tmp_path, demo_opts):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no image here")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    for inputs in ([tmp_path / "empty"], [tmp_path / "notes"], [tmp_path / "*.jpg"]):
+        with pytest.raises(SystemExit, match="No image in"):
+            demo.main(["--config-file", str(CONFIG), "--input", *map(str, inputs),
+                       "--output", str(tmp_path / "out"), "--opts", *demo_opts])
+    # next to an image: it is processed, the empty folder and the pattern are reported, the status is 1
+    with RecordLogs(logging.getLogger("dinat_m2f.demo")) as logs:
+        status = demo.main(["--config-file", str(CONFIG),
+                            "--input", str(tmp_path / "a.png"), str(tmp_path / "empty"), str(tmp_path / "*.jpg"),
+                            "--output", str(tmp_path / "out"), "--opts", *demo_opts])
+    assert status == 1
+    assert (tmp_path / "out" / "a.png").exists()
+    assert f"No image in {tmp_path / 'empty'}" in logs.messages and f"No image in {tmp_path / '*.jpg'}" in logs.messages
+
+
+def test_command_line_exit_status_without_images(tmp_path, demo_opts):
+    (tmp_path / "empty").mkdir()
+    weights = demo_opts[demo_opts.index("MODEL.WEIGHTS") + 1]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "demo.py"), "--config-file", str(CONFIG),
+         "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS", weights],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path)},
+    )
+    assert result.returncode == 1 and f"No image in {tmp_path / 'empty'}" in result.stderr, result.stderr[-3000:]
+
+
+def count_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    return frames
 
 
 def load_json(path: Path):
