@@ -5,10 +5,22 @@ import pytest
 import torch
 
 from dinat_m2f.layers import na2d, na2d_reference, na_backend, select_backend
-from dinat_m2f.layers.neighborhood_attention import dispatch
+from dinat_m2f.layers.neighborhood_attention import dispatch, flex as na_flex
 from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
 
 CUDA = torch.cuda.is_available()
+# torch 2.5 cannot build our BlockMask; torch 2.7's CPU FlexAttention kernel does not compile (flex_unavailable)
+FLEX_CPU = na_flex.flex_unavailable("cpu")
+FLEX_ANY = na_flex.flex_unavailable("cuda")
+needs_cpu_flex = pytest.mark.skipif(FLEX_CPU is not None, reason=str(FLEX_CPU))
+needs_flex_block_mask = pytest.mark.skipif(FLEX_ANY is not None, reason=str(FLEX_ANY))
+
+
+@pytest.fixture
+def flex_runs(monkeypatch):
+    """Backend selection as on a torch that runs flex everywhere (selection only: nothing is run)."""
+    monkeypatch.setattr(na_flex, "_BLOCK_MASK_TAKES_SEQ_LENGTHS", True)
+    monkeypatch.setattr(na_flex, "_CPU_KERNEL_COMPILES", True)
 
 
 def _case(device="cpu", dtype=torch.float32, shape=(1, 2, 12, 13, 16), kernel=3, dilation=2, rpb=True):
@@ -23,6 +35,7 @@ def _reference(q, k, v, kernel, dilation, rpb):
     return na2d_reference(*as64, kernel, dilation, None if rpb is None else rpb.double().cpu())
 
 
+@needs_cpu_flex
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 6e-2)])
 def test_flex_backend_forward_matches_reference_on_cpu(dtype, atol):
     # FlexAttention compiles its forward on CPU (no backward there); one small shape keeps this quick.
@@ -39,6 +52,7 @@ def test_tiled_backend_matches_reference_on_cpu():
     assert (out.double() - _reference(q, k, v, kernel, dilation, rpb)).abs().max() < 1e-5
 
 
+@needs_cpu_flex
 def test_flex_backend_serves_many_map_sizes_with_few_compilations():
     # Evaluation images all differ in size and layers in dilation; past dynamo's recompile limit (8)
     # FlexAttention would fall back to its unfused path, which holds all (H*W)^2 scores.
@@ -56,6 +70,7 @@ def test_flex_backend_serves_many_map_sizes_with_few_compilations():
     assert counters["stats"]["unique_graphs"] <= 3
 
 
+@needs_flex_block_mask
 @pytest.mark.parametrize("height,width,kernel,dilation", [(40, 52, 11, 3), (64, 64, 11, 5), (20, 20, 11, 1)])
 def test_flex_block_mask_query_blocks_match_flex_attentions_own(height, width, kernel, dilation):
     # The backward pass walks the query blocks of each key block; ours are precomputed, so check them against
@@ -72,12 +87,13 @@ def test_flex_block_mask_query_blocks_match_flex_attentions_own(height, width, k
         assert torch.equal(ours.q_indices[0, 0, row, :count], theirs.q_indices[0, 0, row, :count])
 
 
+@needs_flex_block_mask
 def test_flex_block_pairs_visited_by_dinat_l_at_800x1216():
     # FlexAttention does one block product per (query block, key block) pair it visits: the tile layout decides
     # the work. Exact work is heads * H * W * k^2 scores per layer; 16x8 tiles visit 7.1x that over the 30
     # layers (8x16 tiles: 8.0x, 4x32: 9.8x), so a layout regression shows here.
     from dinat_m2f.config import load_project_config
-    from dinat_m2f.layers.neighborhood_attention.flex import BLOCK, _layout
+    from dinat_m2f.layers.neighborhood_attention.flex import BLOCK, _block_mask
 
     cfg = load_project_config("configs/coco/panoptic/dinat_l.yaml")
     kernel = cfg.MODEL.DINAT.KERNEL_SIZE
@@ -85,7 +101,7 @@ def test_flex_block_pairs_visited_by_dinat_l_at_800x1216():
     for stage, (dilations, heads) in enumerate(zip(cfg.MODEL.DINAT.DILATIONS, cfg.MODEL.DINAT.NUM_HEADS)):
         height, width = 800 // 4 >> stage, 1216 // 4 >> stage
         for dilation in dilations:
-            kv_num_blocks = _layout(height, width, kernel, dilation, torch.device("cpu"))[3]
+            kv_num_blocks = _block_mask(height, width, kernel, dilation, torch.device("cpu")).kv_num_blocks
             visited += heads * kv_num_blocks.sum().item() * BLOCK * BLOCK
             exact += heads * height * width * kernel * kernel
     assert visited / exact < 7.2
@@ -127,7 +143,7 @@ def test_cuda_backends_forward_and_backward_match_reference(backend, dtype, atol
         assert ((g.double().cpu() - rg).norm() / rg.norm()) < (1e-4 if dtype == torch.float32 else 3e-2)
 
 
-def test_automatic_choice_and_overrides(monkeypatch, caplog):
+def test_automatic_choice_and_overrides(monkeypatch, caplog, flex_runs):
     q, _, _, _, _, rpb = _case()
     assert select_backend(q, rpb, 0.0) == "tiled"  # CPU
     with na_backend("flex"):
@@ -154,8 +170,8 @@ def test_automatic_choice_and_overrides(monkeypatch, caplog):
     ("cuda", torch.bfloat16, 32, True, 0.1, False, "tiled"),  # attention dropout
     ("cuda", torch.bfloat16, 8, True, 0.0, False, "tiled"),  # below FlexAttention's smallest head dim
 ])
-def test_automatic_backend_by_device_dtype_shape_and_availability(monkeypatch, device, dtype, head_dim, rpb,
-                                                                  dropout, natten, expected):
+def test_automatic_backend_by_device_dtype_shape_and_availability(monkeypatch, flex_runs, device, dtype, head_dim,
+                                                                  rpb, dropout, natten, expected):
     # Fake tensors carry a CUDA device without a GPU: the rules are checked on any machine.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -167,6 +183,48 @@ def test_automatic_backend_by_device_dtype_shape_and_availability(monkeypatch, d
         bias = torch.empty(2, 5, 5, device=device, dtype=dtype) if rpb else None
         assert dispatch.automatic_backend(q, bias, dropout, needs_grad=False) == expected
         assert dispatch.automatic_backend(q, bias, dropout, needs_grad=True) == ("tiled" if device == "cpu" else expected)
+
+
+@pytest.mark.parametrize("natten", [True, False])
+def test_automatic_choice_falls_back_where_flex_cannot_run(monkeypatch, natten):
+    """On torch 2.5 (no BlockMask seq_lengths) CUDA gets the tiled op, or NATTEN where it would anyway; a forced
+    flex says why it cannot run. Where the CPU kernel does not compile (torch 2.7), CUDA still gets flex."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dinat_m2f.layers.neighborhood_attention import natten as natten_backend
+
+    def automatic(dtype, rpb):
+        with FakeTensorMode():  # a CUDA device without a GPU: only the rules are checked
+            q = torch.empty(1, 2, 12, 12, 32, device="cuda", dtype=dtype)
+            bias = torch.empty(2, 5, 5, device="cuda", dtype=dtype) if rpb else None
+            return dispatch.automatic_backend(q, bias, 0.0, needs_grad=True)
+
+    monkeypatch.setattr(natten_backend, "natten_na2d", lambda: object() if natten else None)
+    monkeypatch.setattr(na_flex, "_BLOCK_MASK_TAKES_SEQ_LENGTHS", False)
+    assert automatic(torch.bfloat16, rpb=True) == "tiled"
+    assert automatic(torch.float32, rpb=False) == ("natten" if natten else "tiled")
+    q, k, v, kernel, dilation, rpb = _case()
+    with pytest.raises(ValueError, match=r"backend 'flex' cannot run here: torch .*BlockMask takes no seq_lengths"):
+        na2d(q, k, v, kernel, dilation, rpb, backend="flex")
+
+    monkeypatch.setattr(na_flex, "_BLOCK_MASK_TAKES_SEQ_LENGTHS", True)
+    monkeypatch.setattr(na_flex, "_CPU_KERNEL_COMPILES", False)
+    assert automatic(torch.bfloat16, rpb=True) == "flex"
+    with torch.no_grad(), pytest.raises(ValueError, match=r"backend 'flex' cannot run here: .*no CPU FlexAttention"):
+        na2d(q, k, v, kernel, dilation, rpb, backend="flex")
+
+
+def test_flex_availability_of_this_torch():
+    """What flex_unavailable reads from torch itself: BlockMask's signature and the version."""
+    import inspect
+
+    from torch.nn.attention.flex_attention import BlockMask
+    from torch.torch_version import TorchVersion
+
+    takes_seq_lengths = "seq_lengths" in inspect.signature(BlockMask.__init__).parameters
+    assert takes_seq_lengths == (TorchVersion(torch.__version__) >= "2.6")
+    assert (FLEX_ANY is None) == takes_seq_lengths
+    assert (FLEX_CPU is None) == (TorchVersion(torch.__version__) >= "2.8")
 
 
 def test_unusable_forced_backends_are_clear_errors():

@@ -11,9 +11,11 @@ size and dilation. FlexAttention has no backward on CPU: on CPU this backend is 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.torch_version import TorchVersion
 
 from .window import axis_neighbors, axis_window_starts, rpb_slot
 
@@ -26,6 +28,22 @@ BLOCK = 128
 # block) pair visited; over DiNAT-L's 30 layers at 800x1216, 16x8 tiles visit 11% fewer pairs than 8x16, 28%
 # fewer than 4x32 (at 1024x1024: 1% more than 8x16); tests/layers/test_na_backends.py keeps that count.
 TILE = (16, 8)
+
+
+# What this torch offers, read once (the backend choice also runs inside compiled graphs). torch 2.5's BlockMask
+# takes no seq_lengths; torch 2.7.1's CPU FlexAttention kernel is generated as C++ that does not compile (also
+# for a plain causal flex_attention), and 2.5 has no CPU kernel at all.
+_BLOCK_MASK_TAKES_SEQ_LENGTHS = "seq_lengths" in inspect.signature(BlockMask.__init__).parameters
+_CPU_KERNEL_COMPILES = TorchVersion(torch.__version__) >= "2.8"
+
+
+def flex_unavailable(device_type: str) -> str | None:
+    """Why this torch cannot run the flex backend on this device type; None if it can."""
+    if not _BLOCK_MASK_TAKES_SEQ_LENGTHS:
+        return f"torch {torch.__version__}'s BlockMask takes no seq_lengths (torch >= 2.6 does)"
+    if device_type == "cpu" and not _CPU_KERNEL_COMPILES:
+        return f"torch {torch.__version__} has no CPU FlexAttention kernel that compiles (torch >= 2.8 has)"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,22 +66,20 @@ def _sequence_order(height: int, width: int, dilation: int) -> torch.Tensor:
     return composite.flatten().argsort()
 
 
-# Rows of the position table, indexed by sequence index.
-GROUP, ROW, COL, ROW_START, COL_START = range(5)
-
-
 def _position_table(height: int, width: int, kernel_size: int, dilation: int, order: torch.Tensor,
-                    padded_len: int) -> torch.Tensor:
-    """(5, padded_len) int32: for each sequence index its dilation group (-1 past the end), its row and column
-    inside the group, and the first row and column of its window (NATTEN's shifted windows)."""
+                    padded_len: int) -> tuple[torch.Tensor, ...]:
+    """Five (padded_len,) int32 vectors indexed by sequence index: its dilation group (-1 past the end), its row
+    and column inside the group, and the first row and column of its window (NATTEN's shifted windows).
+    Separate 1-D vectors, not rows of one 2-D table: torch 2.7's dynamo fails on a 2-D table indexed inside
+    mask_mod / score_mod (InternalTorchDynamoError "FlexAttentionHigherOrderVariable() has no type")."""
     i, j = order // width, order % width
-    table = torch.full((5, padded_len), -1, dtype=torch.int32)
-    table[GROUP, :order.numel()] = (i % dilation) * dilation + j % dilation
-    for axis, start_axis, coordinate, length in ((ROW, ROW_START, i, height), (COL, COL_START, j, width)):
+    group, row, col, row_start, col_start = (torch.full((padded_len,), -1, dtype=torch.int32) for _ in range(5))
+    group[:order.numel()] = (i % dilation) * dilation + j % dilation
+    for member_of, start_of, coordinate, length in ((row, row_start, i, height), (col, col_start, j, width)):
         member, start = axis_window_starts(length, kernel_size, dilation)
-        table[axis, :order.numel()] = member[coordinate]
-        table[start_axis, :order.numel()] = start[coordinate]
-    return table
+        member_of[:order.numel()] = member[coordinate]
+        start_of[:order.numel()] = start[coordinate]
+    return group, row, col, row_start, col_start
 
 
 _layouts: dict[tuple, tuple[torch.Tensor, ...]] = {}
@@ -71,8 +87,8 @@ _layouts: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 @torch.compiler.assume_constant_result  # constants of a compiled graph, not ops traced into it
 def _layout(height: int, width: int, kernel_size: int, dilation: int, device: torch.device):
-    """(order, inverse order, position table, and the BlockMask's kv_num_blocks, kv_indices, q_num_blocks,
-    q_indices) for one map size on one device, made once."""
+    """(order, inverse order, the five position vectors of `_position_table`, and the BlockMask's kv_num_blocks,
+    kv_indices, q_num_blocks, q_indices) for one map size on one device, made once."""
     key = (height, width, kernel_size, dilation, device)
     if key not in _layouts:
         if len(_layouts) >= 64:
@@ -94,7 +110,7 @@ def _make_layout(height: int, width: int, kernel_size: int, dilation: int, devic
     blocks = -(-n // BLOCK)
     touched = torch.zeros(blocks, blocks, dtype=torch.bool)  # [query block, key block]
     touched[query_block.reshape(-1), key_block.reshape(-1)] = True
-    layout = [order, inverse, _position_table(height, width, kernel_size, dilation, order, blocks * BLOCK)]
+    layout = [order, inverse, *_position_table(height, width, kernel_size, dilation, order, blocks * BLOCK)]
     for blocks_of in (touched, touched.T):  # key blocks of each query block, query blocks of each key block
         layout.append(blocks_of.sum(1).to(torch.int32)[None, None])
         layout.append(torch.argsort((~blocks_of).to(torch.int8), dim=1, stable=True).to(torch.int32)[None, None])
@@ -102,7 +118,7 @@ def _make_layout(height: int, width: int, kernel_size: int, dilation: int, devic
 
 
 def _block_mask(height: int, width: int, kernel_size: int, dilation: int, device: torch.device) -> BlockMask:
-    _, _, positions, kv_num_blocks, kv_indices, q_num_blocks, q_indices = _layout(
+    _, _, *positions, kv_num_blocks, kv_indices, q_num_blocks, q_indices = _layout(
         height, width, kernel_size, dilation, device)
     # The constructor, not from_kv_blocks: no ops on the constant layout, so a compiled graph traces none.
     return BlockMask(seq_lengths=(height * width,) * 2, kv_num_blocks=kv_num_blocks, kv_indices=kv_indices,
@@ -111,32 +127,35 @@ def _block_mask(height: int, width: int, kernel_size: int, dilation: int, device
                      mask_mod=_window_mask_mod(kernel_size, positions))
 
 
-def _window_mask_mod(kernel_size: int, positions: torch.Tensor):
+def _window_mask_mod(kernel_size: int, positions: list[torch.Tensor]):
     """Keeps each query's exact k x k window: same dilation group, group coordinates inside the window."""
+    group, row, col, row_start, col_start = positions
 
     def mask_mod(b, h, q_idx, kv_idx):
-        row, col = positions[ROW, kv_idx], positions[COL, kv_idx]
-        row_start, col_start = positions[ROW_START, q_idx], positions[COL_START, q_idx]
-        return ((positions[GROUP, q_idx] == positions[GROUP, kv_idx])
-                & (row >= row_start) & (row < row_start + kernel_size)
-                & (col >= col_start) & (col < col_start + kernel_size))
+        return ((group[q_idx] == group[kv_idx])
+                & (row[kv_idx] >= row_start[q_idx]) & (row[kv_idx] < row_start[q_idx] + kernel_size)
+                & (col[kv_idx] >= col_start[q_idx]) & (col[kv_idx] < col_start[q_idx] + kernel_size))
 
     return mask_mod
 
 
-def _rpb_score_mod(kernel_size: int, positions: torch.Tensor, rpb: torch.Tensor):
+def _rpb_score_mod(kernel_size: int, positions: list[torch.Tensor], rpb: torch.Tensor):
     """Adds rpb[h, (k-1) + dy/d, (k-1) + dx/d] to each score; its gradient reaches `rpb`."""
+    _, row, col, _, _ = positions
 
     def score_mod(score, b, h, q_idx, kv_idx):
         # Also evaluated at masked entries of kept blocks: clamp the slot into the table.
-        row = torch.clamp(rpb_slot(positions[ROW, q_idx], positions[ROW, kv_idx], kernel_size), 0, 2 * kernel_size - 2)
-        col = torch.clamp(rpb_slot(positions[COL, q_idx], positions[COL, kv_idx], kernel_size), 0, 2 * kernel_size - 2)
-        return score + rpb[h, row, col].to(score.dtype)
+        dy = torch.clamp(rpb_slot(row[q_idx], row[kv_idx], kernel_size), 0, 2 * kernel_size - 2)
+        dx = torch.clamp(rpb_slot(col[q_idx], col[kv_idx], kernel_size), 0, 2 * kernel_size - 2)
+        return score + rpb[h, dy, dx].to(score.dtype)
 
     return score_mod
 
 
 def why_not(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str | None:
+    unavailable = flex_unavailable(q.device.type)
+    if unavailable is not None:
+        return f"cannot run here: {unavailable}; use 'tiled'"
     if dropout_p > 0.0 or (needs_grad and q.device.type == "cpu"):
         return "has no attention dropout, and no backward on CPU: use 'tiled'"
     if q.dtype == torch.float64:
@@ -151,7 +170,8 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     """Neighborhood attention by FlexAttention; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
     n = height * width
-    order, inverse, positions, *_ = _layout(height, width, kernel_size, dilation, q.device)
+    order, inverse, *layout = _layout(height, width, kernel_size, dilation, q.device)
+    positions = layout[:5]
     block_mask = _block_mask(height, width, kernel_size, dilation, q.device)
     score_mod = None if rpb is None else _rpb_score_mod(kernel_size, positions, rpb)
     q, k, v = (t.reshape(batch, heads, n, dim).index_select(2, order) for t in (q, k, v))
