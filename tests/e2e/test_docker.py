@@ -184,7 +184,8 @@ def test_dockerignore_keeps_the_project_and_drops_the_bulk():
     for path in needed:
         assert not ignored(path, patterns), path
     for path in [".git/HEAD", "output/model_final.pth", "datasets/coco/train2017/1.jpg",
-                 "dinat_m2f/__pycache__/config.cpython-311.pyc", "weights/model.pkl", "tests/test_docker.py"]:
+                 "dinat_m2f/__pycache__/config.cpython-311.pyc", "weights/model.pkl", "tests/test_docker.py",
+                 ".gpu_check/wheels/torch-2.11.0-cp312-cp312-manylinux_2_28_x86_64.whl"]:
         assert ignored(path, patterns), path
     # docker/local/: what offline builds name goes through, anything else left there does not
     for path in LOCAL_THROUGH:
@@ -215,6 +216,7 @@ def test_the_engine_sends_what_dockerignore_says(tmp_path):
     paths the parse test checks: an image FROM scratch copies the context; its file list is exported."""
     through = ["train_net.py", "datasets/README.md", "datasets/prepare_ade20k_sem_seg.py", *LOCAL_THROUGH]
     dropped = [".git/HEAD", "output/model_final.pth", "datasets/coco/train2017/1.jpg", "tests/test_docker.py",
+               ".gpu_check/wheels/torch-2.11.0-cp312-cp312-manylinux_2_28_x86_64.whl",
                "dinat_m2f/__pycache__/config.cpython-311.pyc", *LOCAL_DROPPED]
     for path in through + dropped:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
