@@ -539,12 +539,16 @@ def _compare(results: dict, reference: dict) -> tuple[dict, dict]:
 def run_cuda_tests(dry_run: bool, part: Path, section: dict) -> None:
     import torch
 
+    from dinat_m2f.layers.neighborhood_attention.flex import flex_unavailable
     from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
 
     device = _device(dry_run)
     has_natten = natten_na2d() is not None
-    backends = ["tiled", "flex"] + (["natten"] if has_natten else [])
-    section.update(device=str(device), tolerances=TOLERANCES, natten_importable=has_natten, results=[],
+    # Where this torch cannot run flex (torch 2.5; CPU before 2.8) the automatic choice never picks it: say why.
+    no_flex = flex_unavailable(device.type)
+    backends = ["tiled"] + (["flex"] if no_flex is None else []) + (["natten"] if has_natten else [])
+    section.update(device=str(device), tolerances=TOLERANCES, natten_importable=has_natten,
+                   flex_unavailable=no_flex, results=[],
                    reference="the float64 tiled op on the same device (validated against NATTEN 0.17.5's "
                              "numbers in the test suite); checked once against the CPU's at the small map")
     cases = cuda_test_cases(dry_run)
@@ -699,6 +703,8 @@ def print_report(report: dict) -> None:
                 print(f"  FAILED {r.get('backend')} {r.get('dtype')} {r.get('image')} {r.get('height')}x"
                       f"{r.get('width')} d={r.get('dilation')}: {r.get('error') or r.get('rel_error')} "
                       f"nonfinite {r.get('nonfinite')}")
+    if report.get("cuda_tests", {}).get("flex_unavailable"):
+        print(f"  flex not checked: {report['cuda_tests']['flex_unavailable']}")
     rows = report.get("na_benchmark", {}).get("rows", [])
     if rows:
         print("\n" + table(["image", "map", "heads", "d", "backend", "rpb", "fwd ms", "fwd x mem floor",

@@ -11,6 +11,8 @@ import time
 import pytest
 from project_paths import REPO
 
+from dinat_m2f.layers.neighborhood_attention import flex as na_flex
+
 TOOL = REPO / "tools" / "gpu_check.py"
 _spec = importlib.util.spec_from_file_location("gpu_check", TOOL)
 gpu_check = importlib.util.module_from_spec(_spec)
@@ -44,7 +46,11 @@ def test_dry_run_writes_every_section_and_prints_the_table_last(tmp_path):
     tests = report["cuda_tests"]
     checks = {(r["backend"], r["dtype"], r["backward"]) for r in tests["results"]}
     assert {("tiled", dtype, True) for dtype in ("float32", "bfloat16", "float16")} <= checks
-    assert ("flex", "float32", False) in checks  # FlexAttention has no backward on CPU
+    # FlexAttention has no backward on CPU; where this torch cannot run it there (before 2.8) it is left out
+    no_flex = na_flex.flex_unavailable("cpu")
+    assert tests["flex_unavailable"] == no_flex
+    assert (("flex", "float32", False) in checks) == (no_flex is None)
+    assert no_flex is None or f"flex not checked: {no_flex}" in result.stdout
     assert all(r["passed"] for r in tests["results"]) and tests["summary"]["failed"] == 0
     tiled = next(r for r in tests["results"] if r["backend"] == "tiled" and r["dtype"] == "bfloat16")
     assert set(tiled["rel_error"]) == {"out", "grad_q", "grad_k", "grad_v", "grad_rpb"}
@@ -53,7 +59,7 @@ def test_dry_run_writes_every_section_and_prints_the_table_last(tmp_path):
 
     rows = report["na_benchmark"]["rows"]
     measured = [r for r in rows if r.get("forward_s")]
-    assert {r["backend"] for r in measured} == {"tiled", "flex", "gather"}
+    assert {r["backend"] for r in measured} == {"tiled", "gather"} | ({"flex"} if no_flex is None else set())
     # No measured time beats its memory floor; rows too small for the window are recorded with the error.
     assert all(r["forward_x_memory_floor"] > 1 for r in measured)
     assert any("error" in r for r in rows)
