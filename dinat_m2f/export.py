@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from .modeling.postprocessing import MaskFormerPostProcessor
 
@@ -59,7 +60,22 @@ class MaskFormerNetwork(nn.Module):
         return outputs["pred_logits"], outputs["pred_masks"]
 
 
+# torch 2.7.1's torch.export (also under torch.onnx's exporter) rejects the tiling plan's index tensors made
+# while tracing ("references tensors that are neither buffers/parameters/constants"); torch 2.14 takes them
+# as constants. Versions in between were not tried: 2.8 is the same assumed gate as the flex backend's.
+MIN_EXPORT_TORCH = "2.8"
+
+
+def export_unavailable() -> str | None:
+    """Why this torch cannot export the network; None if it can."""
+    if TorchVersion(torch.__version__) < MIN_EXPORT_TORCH:
+        return f"exporting needs torch >= {MIN_EXPORT_TORCH}, this is torch {torch.__version__}"
+    return None
+
+
 def _example_input(model: nn.Module, size: Tuple[int, int]) -> Tuple[nn.Module, torch.Tensor]:
+    if export_unavailable() is not None:
+        raise RuntimeError(export_unavailable())
     network = MaskFormerNetwork(model).eval()
     device = next(model.parameters()).device
     return network, torch.zeros(1, 3, *size, device=device)

@@ -23,9 +23,10 @@ from test_demo import CONFIG, demo_opts  # noqa: F401  (the demo test's config a
 
 import demo  # noqa: E402  (demo/ is on the path once test_demo is imported)
 
-from dinat_m2f.export import ExportedMaskFormer, MaskFormerNetwork, load_exported
+from dinat_m2f.export import ExportedMaskFormer, MaskFormerNetwork, export_unavailable, load_exported
 
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow,
+              pytest.mark.skipif(export_unavailable() is not None, reason=str(export_unavailable()))]
 
 SIZE = (64, 96)
 SMALLER = ["MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1"]

@@ -11,6 +11,10 @@ from dinat_m2f.layers import NeighborhoodAttention2D, na2d, na2d_reference, na_b
 
 from test_na import _random_case
 
+from dinat_m2f.export import export_unavailable  # noqa: E402
+
+needs_export = pytest.mark.skipif(export_unavailable() is not None, reason=str(export_unavailable()))
+
 
 def test_export_backend_matches_tiled_forward_and_backward():
     rng = random.Random(5)
@@ -47,6 +51,7 @@ def _call_targets(program: torch.export.ExportedProgram) -> set:
     return {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
 
 
+@needs_export
 def test_torch_export_picks_the_export_backend():
     layer, x = _layer_and_input()
     program = torch.export.export(layer, (x,))
@@ -59,6 +64,7 @@ def test_torch_export_picks_the_export_backend():
         assert "dinat_m2f.na2d_tiled.default" in _call_targets(torch.export.export(layer, (x,)))
 
 
+@needs_export
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_export_has_only_standard_operators(tmp_path):
     layer, x = _layer_and_input()

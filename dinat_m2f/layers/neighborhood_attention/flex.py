@@ -153,15 +153,15 @@ def _rpb_score_mod(kernel_size: int, positions: list[torch.Tensor], rpb: torch.T
 
 
 def why_not(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str | None:
-    unavailable = flex_unavailable(q.device.type)
-    if unavailable is not None:
-        return f"cannot run here: {unavailable}; use 'tiled'"
     if dropout_p > 0.0 or (needs_grad and q.device.type == "cpu"):
         return "has no attention dropout, and no backward on CPU: use 'tiled'"
     if q.dtype == torch.float64:
         return "takes float32, float16 or bfloat16, got torch.float64: use 'tiled'"
     if q.device.type == "cuda" and q.shape[-1] < MIN_HEAD_DIM:
         return f"needs a head dim of at least {MIN_HEAD_DIM} on CUDA, got {q.shape[-1]}: use 'tiled'"
+    unavailable = flex_unavailable(q.device.type)
+    if unavailable is not None:
+        return f"cannot run here: {unavailable}; use 'tiled'"
     return None
 
 
