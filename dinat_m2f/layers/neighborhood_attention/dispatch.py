@@ -53,7 +53,9 @@ def _check_backend_name(name: str, where: str) -> None:
 
 def is_exporting() -> bool:
     """True while torch.export (also under torch.onnx's dynamo exporter) or the TorchScript ONNX exporter traces."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    # torch 2.5 has no torch.compiler.is_exporting (and exporting needs torch >= 2.8 here anyway)
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return exporting() or torch.onnx.is_in_onnx_export()
 
 
 def automatic_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str:
