@@ -89,8 +89,30 @@ def default_tile(group_len: int, kernel_size: int) -> int:
     return max(kernel_size // 2, 4)
 
 
+def _uniform_cuts(starts: list[int], tile: int, num_tiles: int) -> list[list[int]]:
+    """`num_tiles` runs of `tile` consecutive members (a short group repeats its last member)."""
+    return [[min(t * tile + a, len(starts) - 1) for a in range(tile)] for t in range(num_tiles)]
+
+
+def _border_cuts(starts: list[int], tile: int) -> list[list[int]]:
+    """The members sharing the first window, those sharing the last window, and the members between them in
+    runs of at most `tile`: every border tile reads exactly k keys, an interior tile tile + k - 1."""
+    n = len(starts)
+    head = starts.count(starts[0])
+    tail = starts.count(starts[-1]) if starts[-1] != starts[0] else 0
+    cuts = [list(range(0, head))]
+    cuts += [list(range(a, min(a + tile, n - tail))) for a in range(head, n - tail, tile)]
+    if tail:
+        cuts.append(list(range(n - tail, n)))
+    return cuts
+
+
 @functools.lru_cache(maxsize=256)
-def _axis_plan_cpu(length: int, kernel_size: int, dilation: int, tile: int) -> AxisPlan:
+def _axis_plan_cpu(length: int, kernel_size: int, dilation: int, tile: int, borders_apart: bool = False
+                   ) -> AxisPlan:
+    """The plan of one axis. Tiles are `tile` consecutive members of a group, or with `borders_apart` the
+    border runs of `_border_cuts` and interior runs of at most `tile` (then tiles have several sizes, one per
+    class, and no slot repeats a query). `AxisPlan.tile` / `.region` are the largest tile and key run."""
     k, d = kernel_size, dilation
     max_group_len = math.ceil(length / d)
     tile = min(tile, max_group_len)
@@ -100,22 +122,29 @@ def _axis_plan_cpu(length: int, kernel_size: int, dilation: int, tile: int) -> A
 
     by_signature: dict[tuple, list] = {}
     for r in range(d):
-        group_len = math.ceil((length - r) / d)
-        for t in range(num_tiles):
-            members = [min(t * tile + a, group_len - 1) for a in range(tile)]
-            starts = [start_of[p * d + r] for p in members]
-            key_start = min(starts[0], max_group_len - region)
+        group_starts = start_of[r::d]
+        cuts = _border_cuts(group_starts, tile) if borders_apart else _uniform_cuts(group_starts, tile, num_tiles)
+        seen: set[int] = set()
+        for members in cuts:
+            starts = [group_starts[p] for p in members]
+            if borders_apart:
+                key_start, run = starts[0], starts[-1] + k - starts[0]
+            else:
+                key_start, run = min(starts[0], max_group_len - region), region
             allowed = tuple(
-                tuple(s <= key_start + j < s + k for j in range(region)) for s in starts
+                tuple(s <= key_start + j < s + k for j in range(run)) for s in starts
             )
             bias = tuple(
-                tuple(min(max(rpb_slot(p, key_start + j, k), 0), 2 * k - 2) for j in range(region))
+                tuple(min(max(rpb_slot(p, key_start + j, k), 0), 2 * k - 2) for j in range(run))
                 for p in members
             )
             queries = [p * d + r for p in members]
             # Keys past the group's end are masked; point them at a real position so values stay finite.
-            keys = [min((key_start + j) * d + r, length - 1) for j in range(region)]
-            valid = [t * tile + a < group_len for a in range(tile)]
+            keys = [min((key_start + j) * d + r, length - 1) for j in range(run)]
+            valid = []  # a slot repeating a member is not valid
+            for p in members:
+                valid.append(p not in seen)
+                seen.add(p)
             entry = by_signature.setdefault((allowed, bias), [[], [], []])
             entry[0].extend(queries)
             entry[1].extend(keys)
@@ -126,6 +155,9 @@ def _axis_plan_cpu(length: int, kernel_size: int, dilation: int, tile: int) -> A
                   torch.tensor(valid), torch.tensor(allowed), torch.tensor(bias, dtype=torch.long))
         for (allowed, bias), (queries, keys, valid) in by_signature.items()
     )
+    if borders_apart:
+        tile = max(c.allowed.shape[0] for c in classes)
+        region = max(c.allowed.shape[1] for c in classes)
     return AxisPlan(length, k, d, tile, region, classes)
 
 
@@ -145,13 +177,17 @@ class ClassPair:
     key_index: torch.Tensor
     query_valid: torch.Tensor
 
+    @property
+    def block(self) -> tuple[int, int]:
+        """(queries, keys) of one tile: (Th*Tw, Rh*Rw)."""
+        (th, rh), (tw, rw) = self.rows.allowed.shape, self.cols.allowed.shape
+        return th * tw, rh * rw
+
 
 @dataclass(frozen=True)
 class Plan2D:
     height: int
     width: int
-    tile: tuple[int, int]
-    region: tuple[int, int]
     pairs: tuple[ClassPair, ...]
     # output_index[i * W + j]: row of query (i, j) in the concatenation of all pairs' query slots.
     output_index: torch.Tensor
@@ -164,9 +200,10 @@ def _outer_flat(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int
 
 
 @functools.lru_cache(maxsize=128)
-def _plan_2d_cpu(height: int, width: int, kernel_size: int, dilation: int, tile_h: int, tile_w: int) -> Plan2D:
-    plan_h = _axis_plan_cpu(height, kernel_size, dilation, tile_h)
-    plan_w = _axis_plan_cpu(width, kernel_size, dilation, tile_w)
+def _plan_2d_cpu(height: int, width: int, kernel_size: int, dilation: int, tile_h: int, tile_w: int,
+                 borders_apart: bool) -> Plan2D:
+    plan_h = _axis_plan_cpu(height, kernel_size, dilation, tile_h, borders_apart)
+    plan_w = _axis_plan_cpu(width, kernel_size, dilation, tile_w, borders_apart)
     pairs = []
     output_index = torch.empty(height * width, dtype=torch.long)
     offset = 0
@@ -179,8 +216,7 @@ def _plan_2d_cpu(height: int, width: int, kernel_size: int, dilation: int, tile_
             output_index[queries[valid]] = torch.arange(offset, offset + queries.numel())[valid]
             offset += queries.numel()
             pairs.append(ClassPair(rows, cols, queries, keys, valid))
-    return Plan2D(height, width, (plan_h.tile, plan_w.tile), (plan_h.region, plan_w.region), tuple(pairs),
-                  output_index)
+    return Plan2D(height, width, tuple(pairs), output_index)
 
 
 def _to_device(plan: Plan2D, device: torch.device) -> Plan2D:
@@ -189,7 +225,7 @@ def _to_device(plan: Plan2D, device: torch.device) -> Plan2D:
 
     pairs = tuple(ClassPair(move_class(p.rows), move_class(p.cols), p.query_index.to(device),
                             p.key_index.to(device), p.query_valid.to(device)) for p in plan.pairs)
-    return Plan2D(plan.height, plan.width, plan.tile, plan.region, pairs, plan.output_index.to(device))
+    return Plan2D(plan.height, plan.width, pairs, plan.output_index.to(device))
 
 
 _device_plans: dict[tuple, Plan2D] = {}
@@ -197,18 +233,20 @@ _device_plans: dict[tuple, Plan2D] = {}
 
 def plan_2d(height: int, width: int, kernel_size: int, dilation: int, device: torch.device,
             tile: tuple[int, int] | None = None) -> Plan2D:
-    """The (cached) 2-D plan for an H x W map, on `device`."""
-    if tile is None:
+    """The (cached) 2-D plan for an H x W map, on `device`: tiles of `tile` = (rows, columns) members, or by
+    default each group's border runs apart and interior tiles of `default_tile` members."""
+    borders_apart = tile is None
+    if borders_apart:
         tile = (default_tile(math.ceil(height / dilation), kernel_size),
                 default_tile(math.ceil(width / dilation), kernel_size))
     device = torch.device(device)
-    key = (height, width, kernel_size, dilation, tile, str(device))
+    key = (height, width, kernel_size, dilation, tile, borders_apart, str(device))
     plan = _device_plans.get(key)
     if plan is None:
         # The plan is constant data: made with real tensors even while torch.export or torch.onnx traces (their
         # fake tensors could not be read back into indices, and must not stay in the caches).
         with _disable_current_modes():
-            plan = _plan_2d_cpu(height, width, kernel_size, dilation, *tile)
+            plan = _plan_2d_cpu(height, width, kernel_size, dilation, *tile, borders_apart)
             if device.type != "cpu":
                 plan = _to_device(plan, device)
         if len(_device_plans) > 256:

@@ -39,7 +39,7 @@ def pair_bias(rpb: torch.Tensor | None, pair: ClassPair, dtype: torch.dtype) -> 
     else:
         bias = rpb[:, rows.bias_index[:, None, :, None], cols.bias_index[None, :, None, :]].to(dtype)
     bias = bias.masked_fill(~allowed, float("-inf"))
-    return bias.reshape(bias.shape[0], th * tw, rh * rw)
+    return bias.reshape(bias.shape[0], *pair.block)
 
 
 def _rpb_slot_index(pair: ClassPair, kernel_size: int) -> torch.Tensor:
@@ -50,18 +50,18 @@ def _rpb_slot_index(pair: ClassPair, kernel_size: int) -> torch.Tensor:
 
 
 def _chunks(plan: Plan2D, batch: int, heads: int, score_budget: int | None = SCORE_BUDGET
-            ) -> Iterator[tuple[int, ClassPair, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(pair number, pair, tiles in chunk, query index, key index, query validity) for each chunk of at most
-    `score_budget` scores (None: one chunk per class pair)."""
-    (th, tw), (rh, rw) = plan.tile, plan.region
+            ) -> Iterator[tuple[int, tuple[int, int], int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(pair number, (queries, keys) per tile, tiles in chunk, query index, key index, query validity) for
+    each chunk of at most `score_budget` scores (None: one chunk per class pair)."""
     for number, pair in enumerate(plan.pairs):
+        queries, keys = pair.block
         tiles = pair.rows.num_tiles * pair.cols.num_tiles
-        step = tiles if score_budget is None else max(1, score_budget // (batch * heads * th * tw * rh * rw))
+        step = tiles if score_budget is None else max(1, score_budget // (batch * heads * queries * keys))
         for first in range(0, tiles, step):
             n = min(step, tiles - first)
-            q_slice = slice(first * th * tw, (first + n) * th * tw)
-            yield (number, pair, n, pair.query_index[q_slice], pair.key_index[first * rh * rw: (first + n) * rh * rw],
-                   pair.query_valid[q_slice])
+            q_slice = slice(first * queries, (first + n) * queries)
+            yield (number, pair.block, n, pair.query_index[q_slice],
+                   pair.key_index[first * keys: (first + n) * keys], pair.query_valid[q_slice])
 
 
 def _probabilities(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -79,19 +79,18 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional
     """softmax(q k^T + rpb) v on flat (B*heads, H*W, D) tensors. A custom op, so that jit tracing, fvcore and
     torch.compile see one node instead of the per-chunk loop (which would unroll and break graphs)."""
     plan = plan_2d(height, width, kernel_size, dilation, q.device)
-    (th, tw), (rh, rw) = plan.tile, plan.region
     dim = q.shape[-1]
     score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
     biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
     out = torch.empty_like(q)
-    for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads):
-        q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
-        k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
-        v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+    for number, (tq, tk), n, q_index, k_index, _ in _chunks(plan, batch, heads):
+        q_blocks = q.index_select(1, q_index).view(batch, heads, n, tq, dim)
+        k_blocks = k.index_select(1, k_index).view(batch, heads, n, tk, dim)
+        v_blocks = v.index_select(1, k_index).view(batch, heads, n, tk, dim)
         probs = _probabilities(q_blocks, k_blocks, biases[number])
         # Straight to the queries' positions; a slot repeating a query past its group's end has that
         # query's window, so it writes the same output again.
-        out.index_copy_(1, q_index, torch.matmul(probs.to(v.dtype), v_blocks).view(batch * heads, n * th * tw, dim))
+        out.index_copy_(1, q_index, torch.matmul(probs.to(v.dtype), v_blocks).view(batch * heads, n * tq, dim))
     return out
 
 
@@ -106,7 +105,6 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
                  kernel_size: int, dilation: int, need_rpb: bool) -> List[torch.Tensor]:
     """Gradients of q, k, v and rpb (an empty tensor when not needed), recomputing each chunk's probabilities."""
     plan = plan_2d(height, width, kernel_size, dilation, q.device)
-    (th, tw), (rh, rw) = plan.tile, plan.region
     dim = q.shape[-1]
     work_dtype = torch.float32 if q.dtype in _HALF else q.dtype
     grad_out = grad_out.contiguous()
@@ -121,23 +119,23 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     grad_bias = [torch.zeros(heads, bias.shape[-2] * bias.shape[-1], dtype=work_dtype, device=q.device)
                  for bias in biases] if need_rpb else None
 
-    for number, _, n, q_index, k_index, valid in _chunks(plan, batch, heads):
-        q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
-        k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
-        v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+    for number, (tq, tk), n, q_index, k_index, valid in _chunks(plan, batch, heads):
+        q_blocks = q.index_select(1, q_index).view(batch, heads, n, tq, dim)
+        k_blocks = k.index_select(1, k_index).view(batch, heads, n, tk, dim)
+        v_blocks = v.index_select(1, k_index).view(batch, heads, n, tk, dim)
         probs = _probabilities(q_blocks, k_blocks, biases[number])
         # Slots that repeat a query past its group's end must not count twice: zero their upstream grad.
-        keep = valid.view(1, 1, n, th * tw, 1).to(work_dtype)
-        grad_o = grad_out.index_select(1, q_index).view(batch, heads, n, th * tw, dim).to(work_dtype) * keep
-        row_delta = delta.index_select(1, q_index).view(batch, heads, n, th * tw, 1) * keep
+        keep = valid.view(1, 1, n, tq, 1).to(work_dtype)
+        grad_o = grad_out.index_select(1, q_index).view(batch, heads, n, tq, dim).to(work_dtype) * keep
+        row_delta = delta.index_select(1, q_index).view(batch, heads, n, tq, 1) * keep
         grad_v.index_add_(1, k_index, torch.matmul(probs.transpose(-1, -2), grad_o)
-                          .reshape(batch * heads, n * rh * rw, dim))
+                          .reshape(batch * heads, n * tk, dim))
         grad_p = torch.matmul(grad_o, v_blocks.to(work_dtype).transpose(-1, -2))
         grad_s = probs.mul_(grad_p.sub_(row_delta))  # dS = P * (dP - delta), written over P
         grad_q.index_add_(1, q_index, torch.matmul(grad_s, k_blocks.to(work_dtype))
-                          .reshape(batch * heads, n * th * tw, dim))
+                          .reshape(batch * heads, n * tq, dim))
         grad_k.index_add_(1, k_index, torch.matmul(grad_s.transpose(-1, -2), q_blocks.to(work_dtype))
-                          .reshape(batch * heads, n * rh * rw, dim))
+                          .reshape(batch * heads, n * tk, dim))
         if need_rpb:
             grad_bias[number] += grad_s.sum(dim=(0, 2)).reshape(heads, -1)
 
@@ -178,20 +176,19 @@ def tiles_by_standard_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb
                           score_budget: int | None = SCORE_BUDGET) -> torch.Tensor:
     """The custom op's computation through plain autograd and standard ops only (index_select, matmul, add,
     softmax, cat, and an index_select back to the queries' order), on flat (B*heads, H*W, D) tensors."""
-    (th, tw), (rh, rw) = plan.tile, plan.region
     dim = q.shape[-1]
     score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
     biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
     outputs = []
-    for number, _, n, q_index, k_index, _ in _chunks(plan, batch, heads, score_budget):
-        q_blocks = q.index_select(1, q_index).view(batch, heads, n, th * tw, dim)
-        k_blocks = k.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
-        v_blocks = v.index_select(1, k_index).view(batch, heads, n, rh * rw, dim)
+    for number, (tq, tk), n, q_index, k_index, _ in _chunks(plan, batch, heads, score_budget):
+        q_blocks = q.index_select(1, q_index).view(batch, heads, n, tq, dim)
+        k_blocks = k.index_select(1, k_index).view(batch, heads, n, tk, dim)
+        v_blocks = v.index_select(1, k_index).view(batch, heads, n, tk, dim)
         scores = torch.matmul(q_blocks, k_blocks.transpose(-1, -2)).to(score_dtype) + biases[number]
         probs = scores.softmax(dim=-1)
         if dropout_p > 0.0:
             probs = F.dropout(probs, p=dropout_p)
-        outputs.append(torch.matmul(probs.to(v.dtype), v_blocks).reshape(batch * heads, n * th * tw, dim))
+        outputs.append(torch.matmul(probs.to(v.dtype), v_blocks).reshape(batch * heads, n * tq, dim))
     return torch.cat(outputs, dim=1).index_select(1, plan.output_index)
 
 
