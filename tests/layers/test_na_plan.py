@@ -43,3 +43,27 @@ def test_every_tile_reads_exactly_its_queries_windows(kernel_size):
                             assert kept.tolist() == keys[query].tolist(), (length, kernel_size, dilation, tile, query)
                             assert c.bias_index[a][c.allowed[a]].tolist() == slots[query].tolist()
                 assert seen == set(range(length))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 11])
+def test_default_plan_reads_exactly_each_window_with_border_runs_apart(kernel_size):
+    # The default cut (borders apart): tiles of several sizes, each query in exactly one slot, border tiles
+    # reading exactly k keys, and the same invariant as above.
+    for dilation in (1, 2, 3, 14):
+        for length in range(kernel_size * dilation, kernel_size * dilation + 2 * dilation + 9):
+            keys, slots = axis_neighbors(length, kernel_size, dilation)
+            tile = default_tile(-(-length // dilation), kernel_size)
+            plan = _axis_plan_cpu(length, kernel_size, dilation, tile, True)
+            queries_seen = []
+            for c in plan.classes:
+                tile_len, run_len = c.allowed.shape
+                assert run_len <= tile_len + kernel_size - 1 and bool(c.valid.all())
+                if bool(c.allowed.all()):
+                    assert run_len == kernel_size  # a border run: every query has the same window
+                runs = c.key_index.view(c.num_tiles, run_len)
+                for t, tile_queries in enumerate(c.query_index.view(c.num_tiles, tile_len).tolist()):
+                    for a, query in enumerate(tile_queries):
+                        queries_seen.append(query)
+                        assert runs[t][c.allowed[a]].tolist() == keys[query].tolist(), (length, dilation, query)
+                        assert c.bias_index[a][c.allowed[a]].tolist() == slots[query].tolist()
+            assert sorted(queries_seen) == list(range(length))

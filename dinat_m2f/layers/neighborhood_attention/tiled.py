@@ -13,7 +13,7 @@ takes `tiles_by_standard_ops`, the same tiles through plain autograd, which is a
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,8 @@ NAME = "tiled"
 
 # Score elements per chunk (B * heads * tiles * queries * keys): 2^18 float32 = 1 MiB, cache-sized.
 SCORE_BUDGET = 1 << 18
+# The fused forward holds no scores: its chunks bound the gathered queries, keys and values (16 MiB float32).
+GATHER_BUDGET = 1 << 22
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -49,14 +51,20 @@ def _rpb_slot_index(pair: ClassPair, kernel_size: int) -> torch.Tensor:
     return (rows[:, None, :, None] * side + cols[None, :, None, :]).reshape(-1)
 
 
-def _chunks(plan: Plan2D, batch: int, heads: int, score_budget: int | None = SCORE_BUDGET
+def _scores(queries: int, keys: int) -> int:
+    return queries * keys
+
+
+def _chunks(plan: Plan2D, batch: int, heads: int, budget: int | None = SCORE_BUDGET,
+            tile_cost: Callable[[int, int], int] = _scores
             ) -> Iterator[tuple[int, tuple[int, int], int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(pair number, (queries, keys) per tile, tiles in chunk, query index, key index, query validity) for
-    each chunk of at most `score_budget` scores (None: one chunk per class pair)."""
+    each chunk of at most `budget` elements, tile_cost(queries, keys) per tile and head (default: its scores;
+    None: one chunk per class pair)."""
     for number, pair in enumerate(plan.pairs):
         queries, keys = pair.block
         tiles = pair.rows.num_tiles * pair.cols.num_tiles
-        step = tiles if score_budget is None else max(1, score_budget // (batch * heads * queries * keys))
+        step = tiles if budget is None else max(1, budget // (batch * heads * tile_cost(queries, keys)))
         for first in range(0, tiles, step):
             n = min(step, tiles - first)
             q_slice = slice(first * queries, (first + n) * queries)
@@ -73,24 +81,40 @@ def _probabilities(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.T
     return torch.softmax(scores, dim=-1)
 
 
+def _attention_mask(rpb: torch.Tensor | None, pair: ClassPair, dtype: torch.dtype, batch: int
+                    ) -> torch.Tensor | None:
+    """The pair's bias as an SDPA mask for (B*heads, tiles, Th*Tw, D) blocks: (B*heads or 1, 1, Th*Tw, Rh*Rw),
+    None where it is zero (no RPB, every key of the run in every window)."""
+    if rpb is None and bool(pair.rows.allowed.all()) and bool(pair.cols.allowed.all()):
+        return None
+    bias = pair_bias(rpb, pair, dtype)
+    if bias.shape[0] > 1:  # one bias per head, the same for every image: (B*heads, ...) as a view when B = 1
+        bias = bias.expand(batch, *bias.shape).reshape(-1, *bias.shape[1:])
+    return bias[:, None]
+
+
 @torch.library.custom_op("dinat_m2f::na2d_tiled", mutates_args=())
 def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], batch: int,
                 heads: int, height: int, width: int, kernel_size: int, dilation: int) -> torch.Tensor:
     """softmax(q k^T + rpb) v on flat (B*heads, H*W, D) tensors. A custom op, so that jit tracing, fvcore and
-    torch.compile see one node instead of the per-chunk loop (which would unroll and break graphs)."""
+    torch.compile see one node instead of the per-chunk loop (which would unroll and break graphs).
+
+    Each chunk is one fused scaled_dot_product_attention (a flash kernel on CPU: no score tensor, no separate
+    bias, softmax and product passes), in float32 for half types as the backward's probabilities."""
     plan = plan_2d(height, width, kernel_size, dilation, q.device)
     dim = q.shape[-1]
     score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
-    biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
+    masks = [_attention_mask(rpb, pair, score_dtype, batch) for pair in plan.pairs]
     out = torch.empty_like(q)
-    for number, (tq, tk), n, q_index, k_index, _ in _chunks(plan, batch, heads):
-        q_blocks = q.index_select(1, q_index).view(batch, heads, n, tq, dim)
-        k_blocks = k.index_select(1, k_index).view(batch, heads, n, tk, dim)
-        v_blocks = v.index_select(1, k_index).view(batch, heads, n, tk, dim)
-        probs = _probabilities(q_blocks, k_blocks, biases[number])
+    gathered = lambda queries, keys: (queries + 2 * keys) * dim  # noqa: E731
+    for number, (tq, tk), n, q_index, k_index, _ in _chunks(plan, batch, heads, GATHER_BUDGET, gathered):
+        q_blocks = q.index_select(1, q_index).view(batch * heads, n, tq, dim).to(score_dtype)
+        k_blocks = k.index_select(1, k_index).view(batch * heads, n, tk, dim).to(score_dtype)
+        v_blocks = v.index_select(1, k_index).view(batch * heads, n, tk, dim).to(score_dtype)
+        blocks = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=masks[number], scale=1.0)
         # Straight to the queries' positions; a slot repeating a query past its group's end has that
         # query's window, so it writes the same output again.
-        out.index_copy_(1, q_index, torch.matmul(probs.to(v.dtype), v_blocks).view(batch * heads, n * tq, dim))
+        out.index_copy_(1, q_index, blocks.view(batch * heads, n * tq, dim).to(q.dtype))
     return out
 
 
