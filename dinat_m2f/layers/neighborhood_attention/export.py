@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .plan import plan_2d
-from .tiled import tiles_by_standard_ops
+from .tiled import from_rows, tiles_by_standard_ops, to_rows
 
 NAME = "export"
 
@@ -26,7 +26,7 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
          rpb: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     """Neighborhood attention by the plan's tiles, one block per class pair; inputs already validated."""
     batch, heads, height, width, dim = q.shape
-    q, k, v = (t.reshape(batch * heads, height * width, dim) for t in (q, k, v))
+    q, k, v = (to_rows(t) for t in (q, k, v))
     plan = plan_2d(height, width, kernel_size, dilation, q.device)
     out = tiles_by_standard_ops(q, k, v, rpb, plan, batch, heads, dropout_p, score_budget=None)
-    return out.view(batch, heads, height, width, dim)
+    return from_rows(out, batch, height, width)

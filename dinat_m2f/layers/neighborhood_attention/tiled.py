@@ -1,15 +1,18 @@
 """The `tiled` backend: dense tiles as matrix products, on any device and dtype (the CPU default).
 
-For every (row class, column class) pair of the plan (see plan.py), the queries of its tiles are gathered
-into blocks of Th*Tw rows and their key runs into Rh*Rw rows (one flat gather over the H*W positions each),
-and softmax(Q K^T + bias) V is computed with batched matrix products. The bias block (RPB inside each query's
-window, -inf outside) is shared by all tiles of the pair.
+q, k, v are taken position-major, (H*W, B*heads, D) rows (NeighborhoodAttention2D's q, k, v are laid out so,
+which makes this a view for one image): gathering a position then copies all heads' channels as one row, several
+times faster than a gather per head. For every (row class, column class) pair of the plan (see plan.py), the
+queries of its tiles are gathered into blocks of Th*Tw rows and their key runs into Rh*Rw rows, and
+softmax(Q K^T + bias) V is computed per block. The bias block (RPB inside each query's window, -inf outside) is
+shared by all tiles of the pair.
 
-Tiles are processed in small chunks so the scores stay in cache between the products, the bias add and the
-softmax; memory is O(chunk), never (H*W)^2. The backward pass recomputes each chunk's probabilities
-(flash-attention style) and accumulates the gradients of q, k, v and rpb into one buffer each. Forward and
-backward are torch custom ops (dinat_m2f::na2d_tiled and dinat_m2f::na2d_tiled_backward). Attention dropout
-takes `tiles_by_standard_ops`, the same tiles through plain autograd, which is also the `export` backend.
+The forward runs each chunk of tiles as one fused scaled_dot_product_attention (the CPU flash kernel: no score
+tensor). The backward recomputes each chunk's probabilities (flash-attention style) with batched matrix
+products, in chunks small enough that the scores stay in cache, and accumulates the gradients of q, k, v and
+rpb into one buffer each; memory is O(chunk), never (H*W)^2. Forward and backward are torch custom ops
+(dinat_m2f::na2d_tiled and dinat_m2f::na2d_tiled_backward). Attention dropout takes `tiles_by_standard_ops`,
+the same tiles through plain autograd, which is also the `export` backend.
 """
 from __future__ import annotations
 
@@ -72,6 +75,31 @@ def _chunks(plan: Plan2D, batch: int, heads: int, budget: int | None = SCORE_BUD
                    pair.key_index[first * keys: (first + n) * keys], pair.query_valid[q_slice])
 
 
+def to_rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, heads, H, W, D) as the position-major (H*W, B*heads, D) rows the tiles gather from (a view for B = 1
+    when heads and channels are innermost, as NeighborhoodAttention2D's q, k, v are)."""
+    batch, heads, height, width, dim = t.shape
+    return t.permute(2, 3, 0, 1, 4).reshape(height * width, batch * heads, dim)
+
+
+def from_rows(rows: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """(H*W, B*heads, D) rows back as a (B, heads, H, W, D) view."""
+    return rows.view(height, width, batch, -1, rows.shape[-1]).permute(2, 3, 0, 1, 4)
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor, n: int, size: int, batch: int) -> torch.Tensor:
+    """The rows at `index` as (B, heads, n, size, D) blocks: one gather of whole positions (all heads' channels
+    are one contiguous row, several times faster than gathering per head), then a view."""
+    flat = rows.reshape(rows.shape[0], -1)  # a 2-D gather takes the fast row-copy path
+    return flat.index_select(0, index).view(n, size, batch, -1, rows.shape[-1]).permute(2, 3, 0, 1, 4)
+
+
+def _scatter_rows(blocks: torch.Tensor) -> torch.Tensor:
+    """(B, heads, n, size, D) blocks as (n * size, B*heads, D) rows (a view where they are position-major)."""
+    batch, heads, n, size, dim = blocks.shape
+    return blocks.permute(2, 3, 0, 1, 4).reshape(n * size, batch * heads, dim)
+
+
 def _probabilities(q_blocks: torch.Tensor, k_blocks: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     scores = torch.matmul(q_blocks, k_blocks.transpose(-1, -2))
     # Half-precision scores are normalized in float32.
@@ -96,8 +124,9 @@ def _attention_mask(rpb: torch.Tensor | None, pair: ClassPair, dtype: torch.dtyp
 @torch.library.custom_op("dinat_m2f::na2d_tiled", mutates_args=())
 def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], batch: int,
                 heads: int, height: int, width: int, kernel_size: int, dilation: int) -> torch.Tensor:
-    """softmax(q k^T + rpb) v on flat (B*heads, H*W, D) tensors. A custom op, so that jit tracing, fvcore and
-    torch.compile see one node instead of the per-chunk loop (which would unroll and break graphs).
+    """softmax(q k^T + rpb) v on position-major (H*W, B*heads, D) rows (see to_rows). A custom op, so that jit
+    tracing, fvcore and torch.compile see one node instead of the per-chunk loop (which would unroll and break
+    graphs).
 
     Each chunk is one fused scaled_dot_product_attention (a flash kernel on CPU: no score tensor, no separate
     bias, softmax and product passes), in float32 for half types as the backward's probabilities."""
@@ -108,13 +137,12 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional
     out = torch.empty_like(q)
     gathered = lambda queries, keys: (queries + 2 * keys) * dim  # noqa: E731
     for number, (tq, tk), n, q_index, k_index, _ in _chunks(plan, batch, heads, GATHER_BUDGET, gathered):
-        q_blocks = q.index_select(1, q_index).view(batch * heads, n, tq, dim).to(score_dtype)
-        k_blocks = k.index_select(1, k_index).view(batch * heads, n, tk, dim).to(score_dtype)
-        v_blocks = v.index_select(1, k_index).view(batch * heads, n, tk, dim).to(score_dtype)
+        q_blocks, k_blocks, v_blocks = (_gather(rows, index, n, size, batch).flatten(0, 1).to(score_dtype)
+                                        for rows, index, size in ((q, q_index, tq), (k, k_index, tk), (v, k_index, tk)))
         blocks = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=masks[number], scale=1.0)
         # Straight to the queries' positions; a slot repeating a query past its group's end has that
         # query's window, so it writes the same output again.
-        out.index_copy_(1, q_index, blocks.view(batch * heads, n * tq, dim).to(q.dtype))
+        out.index_copy_(0, q_index, _scatter_rows(blocks.view(batch, heads, n, tq, dim)).to(q.dtype))
     return out
 
 
@@ -129,12 +157,12 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
                  kernel_size: int, dilation: int, need_rpb: bool) -> List[torch.Tensor]:
     """Gradients of q, k, v and rpb (an empty tensor when not needed), recomputing each chunk's probabilities."""
     plan = plan_2d(height, width, kernel_size, dilation, q.device)
-    dim = q.shape[-1]
     work_dtype = torch.float32 if q.dtype in _HALF else q.dtype
     grad_out = grad_out.contiguous()
     # delta_i = sum_e dO_ie O_ie = sum_j P_ij dP_ij, the softmax backward's row term.
     delta = (grad_out.to(work_dtype) * out.to(work_dtype)).sum(-1, keepdim=True)
-    grad_q = torch.zeros(q.shape, dtype=work_dtype, device=q.device)
+    # Gradients are summed head-major, (B*heads, H*W, D): index_add_ along positions is fastest there.
+    grad_q = torch.zeros(q.shape[1], q.shape[0], q.shape[2], dtype=work_dtype, device=q.device)
     grad_k = torch.zeros_like(grad_q)
     grad_v = torch.zeros_like(grad_q)
     need_rpb = need_rpb and rpb is not None
@@ -144,22 +172,21 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
                  for bias in biases] if need_rpb else None
 
     for number, (tq, tk), n, q_index, k_index, valid in _chunks(plan, batch, heads):
-        q_blocks = q.index_select(1, q_index).view(batch, heads, n, tq, dim)
-        k_blocks = k.index_select(1, k_index).view(batch, heads, n, tk, dim)
-        v_blocks = v.index_select(1, k_index).view(batch, heads, n, tk, dim)
+        # Head-major copies once: each block feeds two matrix products, which would copy a strided view each.
+        q_blocks = _gather(q, q_index, n, tq, batch).contiguous()
+        k_blocks = _gather(k, k_index, n, tk, batch).contiguous()
+        v_blocks = _gather(v, k_index, n, tk, batch).contiguous()
         probs = _probabilities(q_blocks, k_blocks, biases[number])
         # Slots that repeat a query past its group's end must not count twice: zero their upstream grad.
         keep = valid.view(1, 1, n, tq, 1).to(work_dtype)
-        grad_o = grad_out.index_select(1, q_index).view(batch, heads, n, tq, dim).to(work_dtype) * keep
-        row_delta = delta.index_select(1, q_index).view(batch, heads, n, tq, 1) * keep
-        grad_v.index_add_(1, k_index, torch.matmul(probs.transpose(-1, -2), grad_o)
-                          .reshape(batch * heads, n * tk, dim))
+        grad_o = _gather(grad_out, q_index, n, tq, batch).contiguous().to(work_dtype) * keep
+        row_delta = _gather(delta, q_index, n, tq, batch) * keep
+        heads_major = (batch * heads, -1, grad_q.shape[-1])
+        grad_v.index_add_(1, k_index, torch.matmul(probs.transpose(-1, -2), grad_o).view(heads_major))
         grad_p = torch.matmul(grad_o, v_blocks.to(work_dtype).transpose(-1, -2))
         grad_s = probs.mul_(grad_p.sub_(row_delta))  # dS = P * (dP - delta), written over P
-        grad_q.index_add_(1, q_index, torch.matmul(grad_s, k_blocks.to(work_dtype))
-                          .reshape(batch * heads, n * tq, dim))
-        grad_k.index_add_(1, k_index, torch.matmul(grad_s.transpose(-1, -2), q_blocks.to(work_dtype))
-                          .reshape(batch * heads, n * tk, dim))
+        grad_q.index_add_(1, q_index, torch.matmul(grad_s, k_blocks.to(work_dtype)).view(heads_major))
+        grad_k.index_add_(1, k_index, torch.matmul(grad_s.transpose(-1, -2), q_blocks.to(work_dtype)).view(heads_major))
         if need_rpb:
             grad_bias[number] += grad_s.sum(dim=(0, 2)).reshape(heads, -1)
 
@@ -169,7 +196,7 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
             grad_rpb.index_add_(1, _rpb_slot_index(pair, kernel_size), grad)
     grad_rpb = grad_rpb.view(heads, 2 * kernel_size - 1, 2 * kernel_size - 1).to(
         rpb.dtype if rpb is not None else q.dtype)
-    return [grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_rpb]
+    return [g.transpose(0, 1).to(t.dtype).contiguous() for g, t in ((grad_q, q), (grad_k, k), (grad_v, v))] + [grad_rpb]
 
 
 @_backward_op.register_fake
@@ -199,21 +226,19 @@ def tiles_by_standard_ops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb
                           plan: Plan2D, batch: int, heads: int, dropout_p: float = 0.0,
                           score_budget: int | None = SCORE_BUDGET) -> torch.Tensor:
     """The custom op's computation through plain autograd and standard ops only (index_select, matmul, add,
-    softmax, cat, and an index_select back to the queries' order), on flat (B*heads, H*W, D) tensors."""
-    dim = q.shape[-1]
+    softmax, cat, and an index_select back to the queries' order), on position-major (H*W, B*heads, D) rows."""
     score_dtype = torch.float32 if q.dtype in _HALF else q.dtype
     biases = [pair_bias(rpb, pair, score_dtype)[None, :, None] for pair in plan.pairs]
     outputs = []
     for number, (tq, tk), n, q_index, k_index, _ in _chunks(plan, batch, heads, score_budget):
-        q_blocks = q.index_select(1, q_index).view(batch, heads, n, tq, dim)
-        k_blocks = k.index_select(1, k_index).view(batch, heads, n, tk, dim)
-        v_blocks = v.index_select(1, k_index).view(batch, heads, n, tk, dim)
+        q_blocks, k_blocks, v_blocks = (_gather(rows, index, n, size, batch)
+                                        for rows, index, size in ((q, q_index, tq), (k, k_index, tk), (v, k_index, tk)))
         scores = torch.matmul(q_blocks, k_blocks.transpose(-1, -2)).to(score_dtype) + biases[number]
         probs = scores.softmax(dim=-1)
         if dropout_p > 0.0:
             probs = F.dropout(probs, p=dropout_p)
-        outputs.append(torch.matmul(probs.to(v.dtype), v_blocks).reshape(batch * heads, n * tq, dim))
-    return torch.cat(outputs, dim=1).index_select(1, plan.output_index)
+        outputs.append(_scatter_rows(torch.matmul(probs.to(v.dtype), v_blocks)))
+    return torch.cat(outputs, dim=0).index_select(0, plan.output_index)
 
 
 def why_not(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str | None:
@@ -226,10 +251,10 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     """Neighborhood attention by dense tiles; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
     # Contiguous once here: index_select on a strided view would copy the whole tensor at every chunk.
-    q, k, v = (t.reshape(batch * heads, height * width, dim).contiguous() for t in (q, k, v))
+    q, k, v = (to_rows(t).contiguous() for t in (q, k, v))
     if dropout_p > 0.0:
         plan = plan_2d(height, width, kernel_size, dilation, q.device)
         out = tiles_by_standard_ops(q, k, v, rpb, plan, batch, heads, dropout_p)
     else:
         out = _forward_op(q, k, v, rpb, batch, heads, height, width, kernel_size, dilation)
-    return out.view(batch, heads, height, width, dim)
+    return from_rows(out, batch, height, width)
