@@ -1,7 +1,13 @@
 """Mask2Former's inference: semantic, panoptic and instance results from the network's outputs (pred_logits,
 pred_masks), the one post-processing of `MaskFormer` and of exported models (dinat_m2f.export).
-Rules: shared/specs/mask2former.md, "Inference"."""
-from typing import Dict, List, Sequence, Tuple
+Rules: shared/specs/mask2former.md, "Inference".
+
+Every decision is taken on the masks at the output size, as in Mask2Former, but no (Q, H, W) tensor of that size
+is made: `QueryMasks` resizes a chunk of queries at a time (CHUNK_ELEMENTS values), semantic scores are summed
+over chunks, the panoptic argmax is a running maximum over the kept queries, and instances resize only their top
+queries. Memory is the (Q, h, w) masks at the padded size, the results (K x H x W scores, one boolean mask per
+instance, the panoptic map) and one chunk."""
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +17,10 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.memory import retry_if_cuda_oom
 
-__all__ = ["MaskFormerPostProcessor", "dataset_metadata"]
+__all__ = ["MaskFormerPostProcessor", "QueryMasks", "dataset_metadata"]
+
+# Mask values at the output size held at a time (64 MB of float32); at least one query's mask.
+CHUNK_ELEMENTS = 2 ** 24
 
 
 def dataset_metadata(cfg: CfgNode):
@@ -20,6 +29,47 @@ def dataset_metadata(cfg: CfgNode):
     if not names:
         raise ValueError("MaskFormer needs dataset metadata: set DATASETS.TRAIN or DATASETS.TEST")
     return MetadataCatalog.get(names[0])
+
+
+class QueryMasks:
+    """Every query's mask logits at the output size, made for a few queries at a time the way
+    sem_seg_postprocess makes them for all: the masks at the padded size cropped to the image and resized
+    (bilinear) to the output size. The resize treats each query on its own, so a chunk holds the very values of
+    the whole (Q, H, W) computation."""
+
+    def __init__(self, masks: torch.Tensor, image_size: Optional[Tuple[int, int]] = None,
+                 output_size: Optional[Tuple[int, int]] = None):
+        """masks: (Q, h, w) logits, h x w the padded size; without sizes they are the masks at the output size."""
+        self.masks = masks
+        self.image_size = tuple(masks.shape[-2:]) if image_size is None else tuple(image_size)
+        self.size = self.image_size if output_size is None else tuple(output_size)
+
+    @classmethod
+    def of(cls, masks: "Masks") -> "QueryMasks":
+        return masks if isinstance(masks, QueryMasks) else cls(masks)
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+    def chunks(self, indices: torch.Tensor) -> Iterator[Tuple[slice, torch.Tensor]]:
+        """For consecutive chunks of `indices` (query numbers): the chunk's positions in `indices` and its
+        queries' (n, H, W) mask logits at the output size, a new tensor the caller may change. Up to output
+        sizes of CHUNK_ELEMENTS / Q pixels this is one chunk, the whole computation."""
+        step = max(1, CHUNK_ELEMENTS // (self.size[0] * self.size[1]))
+        for start in range(0, len(indices), step):
+            positions = slice(start, min(start + step, len(indices)))
+            yield positions, self._at_output_size(indices[positions])
+
+    def _at_output_size(self, queries: torch.Tensor) -> torch.Tensor:
+        height, width = self.image_size
+        logits = self.masks[queries, :height, :width]
+        if (height, width) != self.size:  # resizing to the same size is the identity: skipped
+            logits = F.interpolate(logits[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        return logits
+
+
+# Mask logits at the output size: a (Q, H, W) tensor or QueryMasks.
+Masks = Union[torch.Tensor, QueryMasks]
 
 
 class MaskFormerPostProcessor:
@@ -94,82 +144,118 @@ class MaskFormerPostProcessor:
             per image, a dict with "sem_seg" (K, h, w), "panoptic_seg" (id map (h, w), segments_info) and/or
             "instances", as enabled, at its output size.
         """
-        # Masks are predicted at stride 4: upsample to the padded input size.
+        # Masks are predicted at stride 4: upsampled to the padded input size (bounded by the test size), all
+        # queries in one call, as the values then do not depend on how queries are grouped.
         mask_pred_results = F.interpolate(pred_masks, size=tuple(padded_size), mode="bilinear", align_corners=False)
         processed_results = []
-        for mask_cls, mask_pred, image_size, (height, width) in zip(
+        for mask_cls, mask_pred, image_size, output_size in zip(
             pred_logits, mask_pred_results, image_sizes, output_sizes
         ):
             result = {}
             if self.sem_seg_postprocess_before_inference:
-                mask_pred = retry_if_cuda_oom(sem_seg_postprocess)(mask_pred, image_size, height, width)
+                masks = QueryMasks(mask_pred, image_size, output_size)
                 mask_cls = mask_cls.to(mask_pred)
+            else:
+                masks = QueryMasks(mask_pred)
             if self.semantic_on:
-                sem_seg = retry_if_cuda_oom(self.semantic_inference)(mask_cls, mask_pred)
+                sem_seg = retry_if_cuda_oom(self.semantic_inference)(mask_cls, masks)
                 if not self.sem_seg_postprocess_before_inference:
-                    sem_seg = retry_if_cuda_oom(sem_seg_postprocess)(sem_seg, image_size, height, width)
+                    sem_seg = retry_if_cuda_oom(sem_seg_postprocess)(sem_seg, image_size, *output_size)
                 result["sem_seg"] = sem_seg
             if self.panoptic_on:
-                result["panoptic_seg"] = retry_if_cuda_oom(self.panoptic_inference)(mask_cls, mask_pred)
+                result["panoptic_seg"] = retry_if_cuda_oom(self.panoptic_inference)(mask_cls, masks)
             if self.instance_on:
-                result["instances"] = retry_if_cuda_oom(self.instance_inference)(mask_cls, mask_pred)
+                result["instances"] = retry_if_cuda_oom(self.instance_inference)(mask_cls, masks)
             processed_results.append(result)
         return processed_results
 
     @staticmethod
-    def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+    def semantic_inference(mask_cls: torch.Tensor, masks: Masks) -> torch.Tensor:
         """(Q, K+1) logits and (Q, H, W) mask logits -> (K, H, W) class scores."""
+        masks = QueryMasks.of(masks)
         class_prob = F.softmax(mask_cls, dim=-1)[..., :-1]
-        return torch.einsum("qc,qhw->chw", class_prob, mask_pred.sigmoid())
+        sem_seg = None
+        for queries, logits in masks.chunks(torch.arange(len(masks), device=mask_cls.device)):
+            mask_prob = logits.sigmoid_()
+            if sem_seg is None:
+                sem_seg = torch.einsum("qc,qhw->chw", class_prob[queries], mask_prob)
+            else:
+                sem_seg.flatten(1).addmm_(class_prob[queries].t(), mask_prob.flatten(1))
+        return sem_seg
 
     def _is_thing(self, contiguous_id: int) -> bool:
         return contiguous_id in self.metadata.thing_dataset_id_to_contiguous_id.values()
 
-    def panoptic_inference(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> Tuple[torch.Tensor, List[dict]]:
+    def panoptic_inference(self, mask_cls: torch.Tensor, masks: Masks) -> Tuple[torch.Tensor, List[dict]]:
         """Returns the (H, W) int32 segment-id map (0: void) and segments_info (id, isthing, category_id)."""
+        masks = QueryMasks.of(masks)
         scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-        mask_prob = mask_pred.sigmoid()
         keep = labels.ne(self.num_classes) & (scores > self.object_mask_threshold)
-        cur_scores = scores[keep]
-        cur_classes = labels[keep]
-        cur_masks = mask_prob[keep]
+        kept = keep.nonzero().squeeze(1)
+        cur_scores = scores[kept]
+        cur_classes = labels[kept].tolist()
 
-        h, w = cur_masks.shape[-2:]
-        panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=cur_masks.device)
+        h, w = masks.size
+        panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_cls.device)
         segments_info = []
-        if cur_masks.shape[0] == 0:
+        if len(kept) == 0:
             return panoptic_seg, segments_info
 
-        # Each pixel goes to the query with the highest score * mask probability.
-        cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+        # Each pixel goes to the kept query with the highest score * mask probability (the first one on ties,
+        # as argmax): a running maximum over chunks of queries. Its segment keeps the pixel if the winner's
+        # probability there is >= 0.5.
+        best = winner = winner_in_mask = None
+        own_area = torch.zeros(len(kept), dtype=torch.int64, device=mask_cls.device)
+        for queries, logits in masks.chunks(kept):
+            mask_prob = logits.sigmoid_()
+            in_mask = mask_prob >= 0.5
+            own_area[queries] = in_mask.flatten(1).sum(1)
+            chunk_best, chunk_winner = mask_prob.mul_(cur_scores[queries].view(-1, 1, 1)).max(0)
+            chunk_in_mask = in_mask.gather(0, chunk_winner[None])[0]
+            del mask_prob, in_mask
+            chunk_winner += queries.start
+            if best is None:
+                best, winner, winner_in_mask = chunk_best, chunk_winner, chunk_in_mask
+                continue
+            better = chunk_best > best
+            torch.where(better, chunk_best, best, out=best)
+            torch.where(better, chunk_winner, winner, out=winner)
+            torch.where(better, chunk_in_mask, winner_in_mask, out=winner_in_mask)
+            del better, chunk_best, chunk_winner, chunk_in_mask
+        del best
+        won_area = torch.bincount(winner.flatten(), minlength=len(kept)).tolist()
+        # the winner where it keeps the pixel, else len(kept) (void)
+        winner = torch.where(winner_in_mask, winner, len(kept))
+        del winner_in_mask
+        kept_area = torch.bincount(winner.flatten(), minlength=len(kept) + 1)[:-1].tolist()
+        own_area = own_area.tolist()
+
+        # Segment id of each kept query (0: dropped); queries own disjoint pixels, so one lookup paints all.
+        segment_ids = [0] * (len(kept) + 1)
         current_segment_id = 0
         stuff_segment_ids: Dict[int, int] = {}
-        for k in range(cur_classes.shape[0]):
-            pred_class = int(cur_classes[k].item())
+        for k, pred_class in enumerate(cur_classes):
             is_thing = self._is_thing(pred_class)
-            won = cur_mask_ids == k
-            mask_area = won.sum().item()
-            original_area = (cur_masks[k] >= 0.5).sum().item()
-            mask = won & (cur_masks[k] >= 0.5)
-            if mask_area == 0 or original_area == 0 or mask.sum().item() == 0:
+            if won_area[k] == 0 or own_area[k] == 0 or kept_area[k] == 0:
                 continue
             # drop queries that lose too much of their own mask to others
-            if mask_area / original_area < self.overlap_threshold:
+            if won_area[k] / own_area[k] < self.overlap_threshold:
                 continue
             if not is_thing and pred_class in stuff_segment_ids:
                 # one segment per stuff class
-                panoptic_seg[mask] = stuff_segment_ids[pred_class]
+                segment_ids[k] = stuff_segment_ids[pred_class]
                 continue
             current_segment_id += 1
             if not is_thing:
                 stuff_segment_ids[pred_class] = current_segment_id
-            panoptic_seg[mask] = current_segment_id
+            segment_ids[k] = current_segment_id
             segments_info.append({"id": current_segment_id, "isthing": is_thing, "category_id": pred_class})
+        panoptic_seg = torch.tensor(segment_ids, dtype=torch.int32, device=mask_cls.device)[winner]
         return panoptic_seg, segments_info
 
-    def instance_inference(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> Instances:
+    def instance_inference(self, mask_cls: torch.Tensor, masks: Masks) -> Instances:
         """Top TEST.DETECTIONS_PER_IMAGE (query, class) pairs; with panoptic on, only thing classes."""
-        image_size = mask_pred.shape[-2:]
+        masks = QueryMasks.of(masks)
         num_classes = self.num_classes
         num_queries = mask_cls.shape[0]
         scores = F.softmax(mask_cls, dim=-1)[:, :-1]
@@ -177,22 +263,31 @@ class MaskFormerPostProcessor:
         topk = min(self.test_topk_per_image, scores.numel())
         scores_per_image, topk_indices = scores.flatten(0, 1).topk(topk, sorted=False)
         labels_per_image = labels[topk_indices]
-        mask_pred = mask_pred[topk_indices // num_classes]
+        query_per_image = topk_indices // num_classes
         if self.panoptic_on:
             keep = torch.tensor(
                 [self._is_thing(int(lab)) for lab in labels_per_image], dtype=torch.bool, device=mask_cls.device
             )
             scores_per_image = scores_per_image[keep]
             labels_per_image = labels_per_image[keep]
-            mask_pred = mask_pred[keep]
+            query_per_image = query_per_image[keep]
 
-        result = Instances(image_size)
-        binary_masks = mask_pred > 0
-        result.pred_masks = binary_masks.float()
+        # A query in several (query, class) pairs is upsampled once; only these queries are.
+        queries, pair_query = query_per_image.unique(return_inverse=True)
+        h, w = masks.size
+        binary_masks = torch.zeros((len(query_per_image), h, w), dtype=torch.bool, device=mask_cls.device)
+        mask_scores = torch.zeros(len(queries), dtype=scores.dtype, device=mask_cls.device)
+        for chunk, logits in masks.chunks(queries):
+            binary = logits > 0
+            # Score = class probability * mean mask probability inside the predicted mask.
+            flat = binary.flatten(1)
+            mask_scores[chunk] = (logits.sigmoid().flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
+            pairs = ((pair_query >= chunk.start) & (pair_query < chunk.stop)).nonzero().squeeze(1)
+            binary_masks[pairs] = binary[pair_query[pairs] - chunk.start]
+
+        result = Instances((h, w))
+        result.pred_masks = binary_masks
         result.pred_boxes = BitMasks(binary_masks).get_bounding_boxes()
-        # Score = class probability * mean mask probability inside the predicted mask.
-        flat_masks = result.pred_masks.flatten(1)
-        mask_scores = (mask_pred.sigmoid().flatten(1) * flat_masks).sum(1) / (flat_masks.sum(1) + 1e-6)
-        result.scores = scores_per_image * mask_scores
+        result.scores = scores_per_image * mask_scores[pair_query]
         result.pred_classes = labels_per_image
         return result
