@@ -3,10 +3,10 @@ pred_masks), the one post-processing of `MaskFormer` and of exported models (din
 Rules: shared/specs/mask2former.md, "Inference".
 
 Every decision is taken on the masks at the output size, as in Mask2Former, but no (Q, H, W) tensor of that size
-is made: `QueryMasks` resizes a chunk of queries at a time (CHUNK_ELEMENTS values), semantic scores are summed
-over chunks, the panoptic argmax is a running maximum over the kept queries, and instances resize only their top
-queries. Memory is the (Q, h, w) masks at the padded size, the results (K x H x W scores, one boolean mask per
-instance, the panoptic map) and one chunk."""
+is made: `QueryMasks` upsamples a chunk of queries at a time (CHUNK_ELEMENTS values), semantic scores are summed
+over chunks, the panoptic argmax is a running maximum over the kept queries, and instances upsample only their top
+queries. Memory is the results' (K x H x W scores, one boolean mask per instance, the panoptic map) and one
+chunk's."""
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -32,16 +32,23 @@ def dataset_metadata(cfg: CfgNode):
 
 
 class QueryMasks:
-    """Every query's mask logits at the output size, made for a few queries at a time the way
-    sem_seg_postprocess makes them for all: the masks at the padded size cropped to the image and resized
-    (bilinear) to the output size. The resize treats each query on its own, so a chunk holds the very values of
-    the whole (Q, H, W) computation."""
+    """Every query's mask logits at the output size, made for a few queries at a time the way Mask2Former makes
+    them for all: bilinear upsampling from stride 4 to the padded size, the crop to the image and a bilinear
+    resize to the output size (sem_seg_postprocess). Bilinear interpolation computes each query's values on its
+    own, so a chunk holds the very values of the whole computation. (PyTorch's CPU kernel vectorizes over the
+    queries for outputs with H + W <= 128, where grouping could change the last bit; such padded sizes are
+    upsampled for all queries at once: they are small.)"""
 
-    def __init__(self, masks: torch.Tensor, image_size: Optional[Tuple[int, int]] = None,
-                 output_size: Optional[Tuple[int, int]] = None):
-        """masks: (Q, h, w) logits, h x w the padded size; without sizes they are the masks at the output size."""
+    def __init__(self, masks: torch.Tensor, padded_size: Optional[Tuple[int, int]] = None,
+                 image_size: Optional[Tuple[int, int]] = None, output_size: Optional[Tuple[int, int]] = None):
+        """masks: (Q, h, w) logits, upsampled to `padded_size` first if given; `image_size` is the image's part
+        of the padded size, `output_size` the wanted one. Without sizes the masks are at the output size."""
+        if padded_size is not None and len(masks) * padded_size[0] * padded_size[1] <= CHUNK_ELEMENTS:
+            masks = F.interpolate(masks[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+            padded_size = None
         self.masks = masks
-        self.image_size = tuple(masks.shape[-2:]) if image_size is None else tuple(image_size)
+        self.padded_size = None if padded_size is None else tuple(padded_size)
+        self.image_size = tuple(self.padded_size or masks.shape[-2:]) if image_size is None else tuple(image_size)
         self.size = self.image_size if output_size is None else tuple(output_size)
 
     @classmethod
@@ -51,21 +58,26 @@ class QueryMasks:
     def __len__(self) -> int:
         return self.masks.shape[0]
 
-    def chunks(self, indices: torch.Tensor) -> Iterator[Tuple[slice, torch.Tensor]]:
-        """For consecutive chunks of `indices` (query numbers): the chunk's positions in `indices` and its
-        queries' (n, H, W) mask logits at the output size, a new tensor the caller may change. Up to output
-        sizes of CHUNK_ELEMENTS / Q pixels this is one chunk, the whole computation."""
-        step = max(1, CHUNK_ELEMENTS // (self.size[0] * self.size[1]))
-        for start in range(0, len(indices), step):
-            positions = slice(start, min(start + step, len(indices)))
-            yield positions, self._at_output_size(indices[positions])
+    def chunks(self, indices: Optional[torch.Tensor] = None) -> Iterator[Tuple[slice, torch.Tensor]]:
+        """For consecutive chunks of `indices` (query numbers; default: all queries in order): the chunk's
+        positions in `indices` and its queries' (n, H, W) mask logits at the output size, to be read only (they
+        may be a view of the masks). Up to CHUNK_ELEMENTS / Q output pixels this is one chunk."""
+        count = len(self) if indices is None else len(indices)
+        height, width = max(self.size, self.padded_size or self.size, key=lambda size: size[0] * size[1])
+        step = max(1, CHUNK_ELEMENTS // (height * width))
+        for start in range(0, count, step):
+            positions = slice(start, min(start + step, count))
+            masks = self.masks[positions] if indices is None else self.masks.index_select(0, indices[positions])
+            yield positions, self._at_output_size(masks)
 
-    def _at_output_size(self, queries: torch.Tensor) -> torch.Tensor:
+    def _at_output_size(self, masks: torch.Tensor) -> torch.Tensor:
+        if self.padded_size is not None:
+            masks = F.interpolate(masks[None], size=self.padded_size, mode="bilinear", align_corners=False)[0]
         height, width = self.image_size
-        logits = self.masks[queries, :height, :width]
+        masks = masks[:, :height, :width]
         if (height, width) != self.size:  # resizing to the same size is the identity: skipped
-            logits = F.interpolate(logits[None], size=self.size, mode="bilinear", align_corners=False)[0]
-        return logits
+            masks = F.interpolate(masks[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        return masks
 
 
 # Mask logits at the output size: a (Q, H, W) tensor or QueryMasks.
@@ -144,19 +156,16 @@ class MaskFormerPostProcessor:
             per image, a dict with "sem_seg" (K, h, w), "panoptic_seg" (id map (h, w), segments_info) and/or
             "instances", as enabled, at its output size.
         """
-        # Masks are predicted at stride 4: upsampled to the padded input size (bounded by the test size), all
-        # queries in one call, as the values then do not depend on how queries are grouped.
-        mask_pred_results = F.interpolate(pred_masks, size=tuple(padded_size), mode="bilinear", align_corners=False)
         processed_results = []
-        for mask_cls, mask_pred, image_size, output_size in zip(
-            pred_logits, mask_pred_results, image_sizes, output_sizes
-        ):
+        for mask_cls, mask_pred, image_size, output_size in zip(pred_logits, pred_masks, image_sizes, output_sizes):
             result = {}
+            # Masks are predicted at stride 4: upsampled to the padded size, then to the output size if the
+            # inference is to be taken there.
             if self.sem_seg_postprocess_before_inference:
-                masks = QueryMasks(mask_pred, image_size, output_size)
+                masks = QueryMasks(mask_pred, padded_size, image_size, output_size)
                 mask_cls = mask_cls.to(mask_pred)
             else:
-                masks = QueryMasks(mask_pred)
+                masks = QueryMasks(mask_pred, padded_size)
             if self.semantic_on:
                 sem_seg = retry_if_cuda_oom(self.semantic_inference)(mask_cls, masks)
                 if not self.sem_seg_postprocess_before_inference:
@@ -175,8 +184,8 @@ class MaskFormerPostProcessor:
         masks = QueryMasks.of(masks)
         class_prob = F.softmax(mask_cls, dim=-1)[..., :-1]
         sem_seg = None
-        for queries, logits in masks.chunks(torch.arange(len(masks), device=mask_cls.device)):
-            mask_prob = logits.sigmoid_()
+        for queries, logits in masks.chunks():
+            mask_prob = logits.sigmoid()
             if sem_seg is None:
                 sem_seg = torch.einsum("qc,qhw->chw", class_prob[queries], mask_prob)
             else:
@@ -207,7 +216,7 @@ class MaskFormerPostProcessor:
         best = winner = winner_in_mask = None
         own_area = torch.zeros(len(kept), dtype=torch.int64, device=mask_cls.device)
         for queries, logits in masks.chunks(kept):
-            mask_prob = logits.sigmoid_()
+            mask_prob = logits.sigmoid()
             in_mask = mask_prob >= 0.5
             own_area[queries] = in_mask.flatten(1).sum(1)
             chunk_best, chunk_winner = mask_prob.mul_(cur_scores[queries].view(-1, 1, 1)).max(0)

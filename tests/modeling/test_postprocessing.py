@@ -111,6 +111,7 @@ def _check_equal(result, reference):
     ((64, 96), (64, 96), (64, 96), None),  # evaluation at the test size: one chunk
     ((32, 32), (27, 31), (131, 77), 3),  # odd sizes, crop, resize, a partial last chunk
     ((64, 64), (61, 64), (640, 720), 1),  # a large original size behind a small padded size
+    ((96, 128), (90, 125), (200, 150), 2),  # chunks upsampled to the padded size too
 ])
 def test_postprocessing_equals_full_resolution_inference(monkeypatch, padded_size, image_size, output_size,
                                                          chunk_queries):
