@@ -7,6 +7,7 @@ is made: `QueryMasks` upsamples a chunk of queries at a time (CHUNK_ELEMENTS val
 over chunks, the panoptic argmax is a running maximum over the kept queries, and instances upsample only their top
 queries. Memory is the results' (K x H x W scores, one boolean mask per instance, the panoptic map) and one
 chunk's."""
+import copy
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -57,6 +58,16 @@ class QueryMasks:
 
     def __len__(self) -> int:
         return self.masks.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.masks.device
+
+    def to(self, device) -> "QueryMasks":
+        """The same masks on `device` (retry_if_cuda_oom moves its arguments to the CPU with this)."""
+        moved = copy.copy(self)
+        moved.masks = self.masks.to(device)
+        return moved
 
     def chunks(self, indices: Optional[torch.Tensor] = None) -> Iterator[Tuple[slice, torch.Tensor]]:
         """For consecutive chunks of `indices` (query numbers; default: all queries in order): the chunk's
@@ -189,7 +200,8 @@ class MaskFormerPostProcessor:
             if sem_seg is None:
                 sem_seg = torch.einsum("qc,qhw->chw", class_prob[queries], mask_prob)
             else:
-                sem_seg.flatten(1).addmm_(class_prob[queries].t(), mask_prob.flatten(1))
+                # a view (never a copy, which would drop the sum): einsum's result is contiguous
+                sem_seg.view(len(sem_seg), -1).addmm_(class_prob[queries].t(), mask_prob.flatten(1))
         return sem_seg
 
     def _is_thing(self, contiguous_id: int) -> bool:

@@ -182,3 +182,13 @@ def test_large_output_size_does_not_allocate_queries_times_pixels():
     with _address_space_budget(300 * 2 ** 20):
         (result,) = semantic(logits[None, :32], masks[None, :32], [(64, 64)], [(2000, 2000)], (64, 64))
     assert result["sem_seg"].shape == (NUM_CLASSES, 2000, 2000)
+
+
+def test_query_masks_move_like_tensors_for_retry_if_cuda_oom():
+    """retry_if_cuda_oom retries on the CPU by calling `x.to(device="cpu")` on arguments with a CUDA device."""
+    masks = postprocessing.QueryMasks(torch.randn(3, 8, 8), (32, 32), (30, 31), (60, 62))
+    moved = masks.to(device="cpu")
+    assert moved.device == torch.device("cpu") and moved.size == (60, 62)
+    (_, expected), = masks.chunks()
+    (_, actual), = moved.chunks()
+    assert torch.equal(actual, expected)
