@@ -8,6 +8,10 @@
 For each image, out/ receives the visualization (same file name as the input) and the machine-readable
 results of every task the model has on (MODEL.MASK_FORMER.TEST.*_ON): <name>_panoptic.png + .json (COCO
 panoptic format), <name>_instances.json (COCO results, RLE masks), <name>_sem_seg.png (label ids).
+Results are written at the input's size. An image larger than the model's test size (INPUT.MIN_SIZE_TEST /
+MAX_SIZE_TEST, e.g. a 6000x6000 photo) is post-processed at the resized size the model saw, so that memory is
+bounded by the test size: its visualization (and a video's frames) are drawn on that resized image, and only
+the final maps are upsampled (nearest neighbour) to the input's size for the result files.
 An --output with an image extension names the single visualization file (results are written beside it);
 without --output the visualizations are shown in a window. Unreadable inputs, and folders or patterns
 without images, are reported and skipped; the exit status is 1 if any input was skipped (an error if no image
@@ -123,14 +127,15 @@ def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str]
             logger.warning("Skipping %s: cannot read it as an image (%s)", path, e)
             skipped += 1
             continue
-        outputs = predictor(image)
-        vis = visualize(image, outputs, predictor.metadata, confidence_threshold)
+        prediction = predictor(image)
+        vis = visualize(prediction, predictor.metadata, confidence_threshold)
         if destination is None:
             show(vis.get_image(), wait_ms=0)
         else:
             vis.save(str(destination))
             prefix = destination.with_suffix("")
-            write_results(outputs, prefix, path.stem, categories, confidence_threshold)
+            write_results(prediction.outputs, prefix, path.stem, categories, confidence_threshold,
+                          size=prediction.original_size)
         done += 1
     return done, skipped
 
@@ -140,6 +145,7 @@ def run_on_video(predictor: Predictor, video: str, output: Optional[str], confid
     if not capture.isOpened():
         raise SystemExit(f"Cannot open the video {video}")
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    height, width = predictor.output_size(height, width)  # frames are drawn at the outputs' size
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer = None
     if output:
@@ -159,7 +165,7 @@ def run_on_video(predictor: Predictor, video: str, output: Optional[str], confid
                 break
             frames_read += 1
             frame_rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
-            vis = visualize_frame(video_visualizer, frame_rgb, predictor(frame_rgb), confidence_threshold)
+            vis = visualize_frame(video_visualizer, predictor(frame_rgb), confidence_threshold)
             vis_bgr = vis.get_image()[:, :, ::-1]
             if writer is not None:
                 writer.write(np.ascontiguousarray(vis_bgr))

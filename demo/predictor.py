@@ -1,6 +1,7 @@
 """The demo's model wrapper and visualization (detectron2's Visualizer / VideoVisualizer)."""
 import logging
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -19,10 +20,24 @@ from dinat_m2f.export import ExportedMaskFormer
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Prediction:
+    """The model's results for one image, in detectron2's format ("panoptic_seg", "instances", "sem_seg").
+
+    `outputs` are at the size of `image_rgb`: the input's size, or the size the model saw when the test resize
+    made the image smaller (so that post-processing memory is bounded by the test size, not the input's).
+    `original_size` is the input's (height, width): the size the written results are upsampled to."""
+
+    outputs: Dict[str, Any]
+    image_rgb: np.ndarray
+    original_size: Tuple[int, int]
+
+
 class Predictor:
     """Runs the model on one RGB image (H, W, 3) uint8 the way detectron2's evaluation does: resize the
     shortest edge to INPUT.MIN_SIZE_TEST (0: no resize), channels in INPUT.FORMAT, outputs at the
-    original size. With `exported` (an .onnx or .pt2 file of tools/export_model.py) that network runs instead
+    original size, except for an image the resize made smaller: its outputs stay at the resized size (see
+    `Prediction`). With `exported` (an .onnx or .pt2 file of tools/export_model.py) that network runs instead
     of the PyTorch model (MODEL.WEIGHTS is then not read)."""
 
     def __init__(self, cfg: CfgNode, exported: str | None = None):
@@ -39,14 +54,26 @@ class Predictor:
         min_size = cfg.INPUT.MIN_SIZE_TEST
         self.resize = T.ResizeShortestEdge([min_size, min_size], cfg.INPUT.MAX_SIZE_TEST) if min_size else None
 
-    def __call__(self, image_rgb: np.ndarray) -> Dict[str, Any]:
-        height, width = image_rgb.shape[:2]
-        image = image_rgb[:, :, ::-1] if self.input_format == "BGR" else image_rgb
-        if self.resize is not None:
-            image = self.resize.get_transform(image).apply_image(image)
+    def output_size(self, height: int, width: int) -> Tuple[int, int]:
+        """(height, width) of the outputs for an input of that size: the resized size if it is smaller."""
+        if self.resize is None:
+            return height, width
+        resized = T.ResizeShortestEdge.get_output_shape(
+            height, width, self.resize.short_edge_length[0], self.resize.max_size)
+        return tuple(resized) if resized[0] * resized[1] < height * width else (height, width)
+
+    def __call__(self, image_rgb: np.ndarray) -> Prediction:
+        original_size = image_rgb.shape[:2]
+        model_rgb = image_rgb
+        if self.resize is not None:  # per-channel resize: RGB then channel flip equals flip then resize
+            model_rgb = self.resize.get_transform(image_rgb).apply_image(image_rgb)
+        output_rgb = image_rgb if self.output_size(*original_size) == original_size else model_rgb
+        height, width = output_rgb.shape[:2]
+        image = model_rgb[:, :, ::-1] if self.input_format == "BGR" else model_rgb
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         with torch.inference_mode():
-            return self.model([{"image": tensor, "height": height, "width": width}])[0]
+            outputs = self.model([{"image": tensor, "height": height, "width": width}])[0]
+        return Prediction(outputs, output_rgb, original_size)
 
 
 def dataset_metadata(cfg: CfgNode) -> Metadata:
@@ -66,10 +93,11 @@ def instances_to_show(outputs: Dict[str, Any], confidence_threshold: float) -> I
     return instances
 
 
-def visualize(image_rgb: np.ndarray, outputs: Dict[str, Any], metadata: Any,
-              confidence_threshold: float) -> VisImage:
-    """Draws the richest result the model returned: panoptic, else instances, else semantic."""
-    visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
+def visualize(prediction: Prediction, metadata: Any, confidence_threshold: float) -> VisImage:
+    """Draws the richest result the model returned (panoptic, else instances, else semantic) on the image
+    at the outputs' size (the resized image when the test resize made it smaller)."""
+    outputs = prediction.outputs
+    visualizer = Visualizer(prediction.image_rgb, metadata, instance_mode=ColorMode.IMAGE)
     if "panoptic_seg" in outputs:
         panoptic_seg, segments_info = outputs["panoptic_seg"]
         return visualizer.draw_panoptic_seg(panoptic_seg.cpu(), segments_info)
@@ -78,9 +106,10 @@ def visualize(image_rgb: np.ndarray, outputs: Dict[str, Any], metadata: Any,
     return visualizer.draw_sem_seg(outputs["sem_seg"].argmax(dim=0).cpu())
 
 
-def visualize_frame(video_visualizer: VideoVisualizer, frame_rgb: np.ndarray, outputs: Dict[str, Any],
+def visualize_frame(video_visualizer: VideoVisualizer, prediction: Prediction,
                     confidence_threshold: float) -> VisImage:
     """Like `visualize`, with colours kept stable across the frames of a video."""
+    outputs, frame_rgb = prediction.outputs, prediction.image_rgb
     if "panoptic_seg" in outputs:
         panoptic_seg, segments_info = outputs["panoptic_seg"]
         return video_visualizer.draw_panoptic_seg_predictions(frame_rgb, panoptic_seg.cpu(), segments_info)

@@ -7,10 +7,15 @@
   "segmentation" (RLE with a string "counts")};
 - semantic: a PNG of per-pixel label ids (dataset ids where the metadata maps them, as detectron2's
   SemSegEvaluator writes them; 8-bit, or 16-bit when an id exceeds 255).
+
+Results computed at a smaller size than the image's (the demo keeps outputs at the model's resolution for
+images the test resize made smaller) are written at the image's size: only the final maps are upsampled,
+with nearest neighbour (the panoptic id map, the semantic labels, each instance mask one at a time), and
+areas and boxes are measured on the upsampled maps.
 """
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -46,6 +51,16 @@ class CategoryIds:
         return lookup[labels]
 
 
+def resize_nearest(labels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(h, w) map -> (height, width) with nearest neighbour at pixel centres (PyTorch's "nearest-exact");
+    the map itself when it already has that size."""
+    if labels.shape == tuple(size):
+        return labels
+    rows, cols = (np.minimum(((np.arange(out) + 0.5) * (src / out)).astype(np.int64), src - 1)
+                  for src, out in zip(labels.shape, size))
+    return labels[rows[:, None], cols[None, :]]
+
+
 def encode_mask(mask: np.ndarray) -> Dict[str, Any]:
     """Binary (H, W) mask -> COCO RLE with "counts" as a str (JSON-serializable)."""
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -58,10 +73,12 @@ def _bbox_xywh(rle: Dict[str, Any]) -> List[float]:
 
 
 def panoptic_to_coco(
-    panoptic_seg: torch.Tensor, segments_info: List[Dict[str, Any]], categories: CategoryIds
+    panoptic_seg: torch.Tensor, segments_info: List[Dict[str, Any]], categories: CategoryIds,
+    size: Optional[Tuple[int, int]] = None,
 ) -> tuple[np.ndarray, List[Dict[str, Any]]]:
-    """Returns the RGB id image (H, W, 3) uint8 and COCO panoptic segments_info."""
-    ids = panoptic_seg.cpu().numpy().astype(np.int64)
+    """Returns the RGB id image (H, W, 3) uint8 and COCO panoptic segments_info, at `size` if given."""
+    ids = panoptic_seg.cpu().numpy()
+    ids = resize_nearest(ids, size or ids.shape).astype(np.int64)
     segments = []
     for info in segments_info:
         mask = ids == info["id"]
@@ -78,14 +95,15 @@ def panoptic_to_coco(
 
 
 def instances_to_coco(
-    instances: Instances, image_id: str, categories: CategoryIds
+    instances: Instances, image_id: str, categories: CategoryIds, size: Optional[Tuple[int, int]] = None,
 ) -> List[Dict[str, Any]]:
-    """COCO result records for instances with "pred_masks", "scores", "pred_classes" (on the CPU)."""
+    """COCO result records for instances with "pred_masks", "scores", "pred_classes" (on the CPU), masks at
+    `size` if given (one upsampled mask at a time)."""
     records = []
     for mask, score, category in zip(
         instances.pred_masks.numpy() > 0.5, instances.scores.tolist(), instances.pred_classes.tolist()
     ):
-        rle = encode_mask(mask)
+        rle = encode_mask(resize_nearest(mask, size or mask.shape))
         records.append({
             "image_id": image_id,
             "category_id": categories.thing(int(category)),
@@ -96,23 +114,25 @@ def instances_to_coco(
     return records
 
 
-def semantic_labels(sem_seg: torch.Tensor, categories: CategoryIds) -> np.ndarray:
-    """Per-class scores (K, H, W) -> label ids (H, W), uint8 or uint16."""
+def semantic_labels(sem_seg: torch.Tensor, categories: CategoryIds,
+                    size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Per-class scores (K, h, w) -> label ids (h, w), or (height, width) = `size` if given; uint8 or uint16."""
     labels = categories.semantic_label_map(sem_seg.argmax(dim=0).cpu().numpy())
-    return labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
+    labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
+    return resize_nearest(labels, size or labels.shape)
 
 
 def write_results(
     outputs: Dict[str, Any], prefix: Path, image_id: str, categories: CategoryIds,
-    confidence_threshold: float,
+    confidence_threshold: float, size: Optional[Tuple[int, int]] = None,
 ) -> List[Path]:
     """Writes every result the model returned as `<prefix>_panoptic.png` + `<prefix>_panoptic.json`,
-    `<prefix>_instances.json` (instances scoring >= confidence_threshold), `<prefix>_sem_seg.png`;
-    returns the paths written."""
+    `<prefix>_instances.json` (instances scoring >= confidence_threshold), `<prefix>_sem_seg.png`, at
+    `size` (height, width) if given, else at the outputs' size; returns the paths written."""
     written = []
     if "panoptic_seg" in outputs:
         panoptic_seg, segments_info = outputs["panoptic_seg"]
-        rgb, segments = panoptic_to_coco(panoptic_seg, segments_info, categories)
+        rgb, segments = panoptic_to_coco(panoptic_seg, segments_info, categories, size)
         png = Path(f"{prefix}_panoptic.png")
         Image.fromarray(rgb).save(png)
         annotation = {"image_id": image_id, "file_name": png.name, "segments_info": segments}
@@ -120,11 +140,11 @@ def write_results(
     if "instances" in outputs:
         instances = outputs["instances"].to("cpu")
         instances = instances[instances.scores >= confidence_threshold]
-        records = instances_to_coco(instances, image_id, categories)
+        records = instances_to_coco(instances, image_id, categories, size)
         written.append(_write_json(Path(f"{prefix}_instances.json"), records))
     if "sem_seg" in outputs:
         png = Path(f"{prefix}_sem_seg.png")
-        Image.fromarray(semantic_labels(outputs["sem_seg"], categories)).save(png)
+        Image.fromarray(semantic_labels(outputs["sem_seg"], categories, size)).save(png)
         written.append(png)
     return written
 

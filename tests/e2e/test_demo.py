@@ -125,7 +125,7 @@ def test_demo_images_and_video(tmp_path, demo_opts, predictor):
     for name, path in inputs.items():
         stem = Path(name).stem
         image = read_image(str(path), format="RGB")
-        expected = predictor(image)
+        expected = predictor(image).outputs
         height, width = image.shape[:2]
 
         vis = cv2.imread(str(out / name))
@@ -192,7 +192,7 @@ def test_single_output_file_and_threshold(tmp_path, demo_opts, predictor):
     assert cv2.imread(str(tmp_path / "result" / "vis.jpg")).shape == (40, 48, 3)
     assert {p.name for p in (tmp_path / "result").iterdir()} == {
         "vis.jpg", "vis_panoptic.png", "vis_panoptic.json", "vis_instances.json", "vis_sem_seg.png"}
-    scores = predictor(read_image(str(tmp_path / "photo.png"), format="RGB"))["instances"].scores
+    scores = predictor(read_image(str(tmp_path / "photo.png"), format="RGB")).outputs["instances"].scores
     records = load_json(tmp_path / "result" / "vis_instances.json")
     assert len(records) == int((scores >= 0.02).sum())
     assert all(r["score"] >= 0.02 for r in records)
