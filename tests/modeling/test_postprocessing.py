@@ -1,15 +1,13 @@
 """MaskFormerPostProcessor against the straightforward computation (every query's mask upsampled to the output
 size, then semantic / panoptic / instance inference on the (Q, H, W) masks, as Mask2Former does), on random
 outputs; and its memory: no (Q, H, W) tensor at the output size."""
-import contextlib
-import resource
-
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.data.catalog import Metadata
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks
+from memory_limit import address_space_budget
 
 from dinat_m2f.modeling import postprocessing
 from dinat_m2f.modeling.postprocessing import MaskFormerPostProcessor
@@ -152,19 +150,6 @@ def test_panoptic_tie_goes_to_the_first_query_across_chunks(monkeypatch):
     assert (panoptic_seg[:, :3] == 1).all() and (panoptic_seg[:, 3:] == 2).all()
 
 
-@contextlib.contextmanager
-def _address_space_budget(budget_bytes: int):
-    """New allocations beyond `budget_bytes` more than the process maps now fail (MemoryError/RuntimeError)."""
-    with open("/proc/self/status") as status:
-        mapped_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (mapped_kb * 1024 + budget_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
 def test_large_output_size_does_not_allocate_queries_times_pixels():
     """200 queries at 2500x2500 would be 5 GB of float32 masks (a 64x64 padded input); panoptic and instance
     results fit in 500 MB: only the kept and top queries are resized, one chunk at a time. Semantic inference
@@ -174,12 +159,12 @@ def test_large_output_size_does_not_allocate_queries_times_pixels():
     logits[:3, :3] = torch.eye(3) * 12  # three confident things
     masks = torch.randn(200, 16, 16, generator=torch.Generator().manual_seed(0))
     processor = _postprocessor(semantic=False, topk=3)
-    with _address_space_budget(500 * 2 ** 20):
+    with address_space_budget(500 * 2 ** 20):
         (result,) = processor(logits[None], masks[None], [(64, 64)], [(2500, 2500)], (64, 64))
         assert len(result["panoptic_seg"][1]) == 3 and len(result["instances"]) == 3
         del result
     semantic = _postprocessor(panoptic=False, instance=False)
-    with _address_space_budget(300 * 2 ** 20):
+    with address_space_budget(300 * 2 ** 20):
         (result,) = semantic(logits[None, :32], masks[None, :32], [(64, 64)], [(2000, 2000)], (64, 64))
     assert result["sem_seg"].shape == (NUM_CLASSES, 2000, 2000)
 
