@@ -8,6 +8,7 @@ INPUT.MIN_SIZE_TEST 64 / MAX_SIZE_TEST 192, so that a 2000x2400 image reaches th
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
@@ -17,7 +18,7 @@ from memory_limit import address_space_budget
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from test_demo import CONFIG, STUFF_IDS, THING_IDS, demo_opts  # noqa: F401  (the demo test's model)
+from test_demo import CONFIG, STUFF_IDS, THING_IDS, demo_opts, write_video  # noqa: F401  (the demo test's model)
 
 import demo  # noqa: E402  (demo/ is on the path once test_demo is imported)
 from predictor import Prediction, Predictor, visualize  # noqa: E402
@@ -135,3 +136,15 @@ def test_large_image_results_at_the_original_size_within_a_memory_budget(tmp_pat
     contiguous_to_dataset = np.array([{c: d for d, c in STUFF_IDS.items()}[c] for c in range(len(STUFF_IDS))])
     expected = contiguous_to_dataset[outputs["sem_seg"].argmax(0).numpy()].astype(np.uint8)
     np.testing.assert_array_equal(labels, nearest(expected, LARGE))
+
+
+def test_video_larger_than_the_test_size_is_written_at_the_model_resolution(tmp_path, predictor):
+    """160x200 frames reach the model as 64x80: the video's frames are drawn (and written) at that size."""
+    write_video(tmp_path / "clip.mp4", num_frames=2, size=(200, 160))
+    assert predictor.output_size(160, 200) == (64, 80)
+    demo.run_on_video(predictor, str(tmp_path / "clip.mp4"), str(tmp_path / "out"), 0.0)
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    frames = []
+    while (frame := capture.read())[0]:
+        frames.append(frame[1].shape)
+    assert frames == [(64, 80, 3)] * 2
