@@ -52,12 +52,12 @@ class CategoryIds:
 
 
 def resize_nearest(labels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """(h, w) map -> (height, width) with nearest neighbour at pixel centres (PyTorch's "nearest-exact");
-    the map itself when it already has that size."""
-    if labels.shape == tuple(size):
+    """(h, w, ...) map -> (height, width, ...) with nearest neighbour at pixel centres (PyTorch's
+    "nearest-exact"); the map itself when it already has that size."""
+    if labels.shape[:2] == tuple(size):
         return labels
     rows, cols = (np.minimum(((np.arange(out) + 0.5) * (src / out)).astype(np.int64), src - 1)
-                  for src, out in zip(labels.shape, size))
+                  for src, out in zip(labels.shape[:2], size))
     return labels[rows[:, None], cols[None, :]]
 
 
@@ -76,12 +76,14 @@ def panoptic_to_coco(
     panoptic_seg: torch.Tensor, segments_info: List[Dict[str, Any]], categories: CategoryIds,
     size: Optional[Tuple[int, int]] = None,
 ) -> tuple[np.ndarray, List[Dict[str, Any]]]:
-    """Returns the RGB id image (H, W, 3) uint8 and COCO panoptic segments_info, at `size` if given."""
-    ids = panoptic_seg.cpu().numpy()
-    ids = resize_nearest(ids, size or ids.shape).astype(np.int64)
+    """Returns the RGB id image (H, W, 3) uint8 and COCO panoptic segments_info, at `size` if given. Colours
+    and segment masks are per-pixel functions of the ids, so they are computed before upsampling (no id map
+    at `size`, one segment mask at a time)."""
+    ids = panoptic_seg.cpu().numpy().astype(np.int64)
+    size = size or ids.shape
     segments = []
     for info in segments_info:
-        mask = ids == info["id"]
+        mask = resize_nearest(ids == info["id"], size)
         rle = encode_mask(mask)
         category = int(info["category_id"])
         segments.append({
@@ -91,7 +93,7 @@ def panoptic_to_coco(
             "bbox": _bbox_xywh(rle),
             "area": int(mask.sum()),
         })
-    return id2rgb(ids), segments
+    return resize_nearest(id2rgb(ids), size), segments
 
 
 def instances_to_coco(
