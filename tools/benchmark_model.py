@@ -47,7 +47,13 @@ EXPORTED = {
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory. On Linux from /proc (VmHWM): ru_maxrss of a spawned worker also
+    counts the parent's resident memory at the fork before its exec, so it read the exporting parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sync(device: torch.device) -> None:
