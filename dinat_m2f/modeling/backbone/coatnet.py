@@ -690,12 +690,6 @@ class D2CoAtNet(CoAtNet, Backbone):
             raise ValueError(f"D2CoAtNet takes (N, C, H, W) input, got shape {tuple(x.shape)}")
         return super().forward(x)
 
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
-            for name in self._out_features
-        }
-
     @property
     def size_divisibility(self) -> int:
         return 32

@@ -292,12 +292,6 @@ class D2SwinTransformer(SwinTransformer, Backbone):
         outputs = super().forward(x)
         return {name: outputs[name] for name in self._out_features}
 
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
-            for name in self._out_features
-        }
-
     @property
     def size_divisibility(self) -> int:
         return 32
