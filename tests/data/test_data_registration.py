@@ -1,7 +1,6 @@
 """Dataset registration: lazy loaders, errors naming the missing path and what makes it, COCO panoptic
 with semantic labels made by the prepare script, ADE20K class facts."""
 import contextlib
-import importlib.util
 import json
 import os
 
@@ -22,14 +21,11 @@ from dinat_m2f.data.datasets.ade20k_categories import (
 )
 from dinat_m2f.data.datasets.register_ade20k import register_ade20k_instance, register_ade20k_panoptic
 from dinat_m2f.data.datasets.register_coco import register_coco_panoptic_with_sem_seg
-from project_paths import REPO
+from project_paths import REPO, import_script
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "datasets" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(REPO / "datasets" / f"{name}.py", name)
 
 
 @contextlib.contextmanager

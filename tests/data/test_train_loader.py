@@ -1,7 +1,6 @@
 """The training loader train_net.py builds (Trainer.build_train_loader) on the synthetic panoptic set: the
 data order of detectron2's TrainingSampler, a new order per run with SEED -1, and a state that continues
 the batches exactly (augmentation included) whatever the number of workers."""
-import importlib.util
 import itertools
 
 import pytest
@@ -11,7 +10,7 @@ from detectron2.data.samplers import TrainingSampler
 from dinat_m2f.config import load_project_config
 from dinat_m2f.data.datasets import SyntheticSpec, register_synthetic
 from dinat_m2f.data.train_loader import SampleStream
-from project_paths import CONFIGS, REPO
+from project_paths import CONFIGS, REPO, import_script
 
 PREFIX = "loader_synthetic"
 
@@ -19,10 +18,7 @@ PREFIX = "loader_synthetic"
 @pytest.fixture(scope="module")
 def trainer_class(tmp_path_factory):
     register_synthetic(str(tmp_path_factory.mktemp("datasets")), SyntheticSpec(num_train=12, num_val=1, seed=3), PREFIX)
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
-    return train_net.Trainer
+    return import_script(REPO / "train_net.py", "train_net").Trainer
 
 
 def loader(trainer_class, seed=0, workers=0):

@@ -8,7 +8,6 @@ it returns segments and instances), with a 2-layer decoder and 1 encoder layer t
 Images are exported at 64x96: inputs of 64x96 and 50x70 pad to exactly that size in the PyTorch model
 (SIZE_DIVISIBILITY 32), so both paths see the same tensor.
 """
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from project_paths import REPO as ROOT
+from project_paths import REPO as ROOT, import_script
 
 from test_demo import CONFIG, demo_opts  # noqa: F401  (the demo test's config and options fixture)
 
@@ -34,10 +33,7 @@ SMALLER = ["MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.SEM_SEG_HEAD.TRANSFORMER_
 
 @pytest.fixture(scope="module")
 def export_model():
-    spec = importlib.util.spec_from_file_location("export_model", ROOT / "tools" / "export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(ROOT / "tools" / "export_model.py", "export_model")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ files) with a tiny model: train + checkpoint, --resume (exact, also after SIGKIL
 processes over gloo (--num-gpus and torchrun), bfloat16 steps, and the faults (NaN loss, unknown config
 key, missing ground truth, --eval-only without weights)."""
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from dinat_m2f.data.datasets.synthetic import split_paths
-from project_paths import REPO
+from project_paths import REPO, import_script
 
 CONFIG = REPO / "configs" / "synthetic" / "panoptic" / "dinat_mini.yaml"
 
@@ -267,10 +266,7 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path, 
 
 
 def _import_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(REPO / "train_net.py", "train_net")
 
 
 def test_unknown_config_keys_are_named(tmp_path, datasets_root):

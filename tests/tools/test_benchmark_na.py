@@ -1,13 +1,10 @@
 """tools/benchmark_na.py: input sizes on its command line (N, HxW, several) and their stage shapes."""
 import argparse
-import importlib.util
 
 import pytest
-from project_paths import REPO
+from project_paths import REPO, import_script
 
-_spec = importlib.util.spec_from_file_location("benchmark_na", REPO / "tools" / "benchmark_na.py")
-benchmark_na = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(benchmark_na)
+benchmark_na = import_script(REPO / "tools" / "benchmark_na.py", "benchmark_na")
 
 
 def test_image_sizes_square_and_rectangular():

@@ -1,5 +1,4 @@
 """tools/convert-pretrained-dinat-model-to-d2.py on checkpoints in the published ImageNet DiNAT format."""
-import importlib.util
 import logging
 import pickle
 from pathlib import Path
@@ -15,13 +14,11 @@ from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.config import get_project_cfg
 from dinat_m2f.modeling.backbone.dinat import D2DiNAT, DiNAT
 from log_capture import RecordLogs
-from project_paths import REPO
+from project_paths import REPO, import_script
 
 
 TOOL = REPO / "tools" / "convert-pretrained-dinat-model-to-d2.py"
-_spec = importlib.util.spec_from_file_location("convert_dinat", TOOL)
-convert_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_tool)
+convert_tool = import_script(TOOL, "convert_dinat")
 
 # A small DiNAT: the same module structure (and key names) as the published ones.
 EMBED_DIM, DEPTHS, HEADS = 16, [1, 1, 2, 1], [1, 2, 2, 4]

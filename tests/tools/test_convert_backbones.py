@@ -1,7 +1,6 @@
 """tools/convert-pretrained-model-to-d2.py --arch nat|dinat|swin|shiftvit on checkpoints generated in each
 reference's layout: NAT a plain state_dict, Swin (microsoft/Swin-Transformer) and ShiftViT (SPACH)
 {"model": state_dict}, each with its classifier head, final norm and (Swin) attn_mask buffers."""
-import importlib.util
 import json
 import logging
 import pickle
@@ -15,11 +14,9 @@ from conftest import load_fixture
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer, read_safetensors_file
 from dinat_m2f.modeling.backbone import dinat, shiftvit, swin
 from log_capture import RecordLogs
-from project_paths import FIXTURES, REPO
+from project_paths import FIXTURES, REPO, import_script
 
-_spec = importlib.util.spec_from_file_location("convert_backbones", REPO / "tools" / "convert-pretrained-model-to-d2.py")
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = import_script(REPO / "tools" / "convert-pretrained-model-to-d2.py", "convert_backbones")
 
 OUTPUT_NORM_KEYS = [f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias")]
 

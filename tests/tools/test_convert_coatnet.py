@@ -1,6 +1,5 @@
 """tools/convert-timm-coatnet-to-d2.py on a checkpoint written by timm itself (a small MaxxVit CoAtNet with the
 coatnet_0_rw flags and a classifier head), as its released model.safetensors files are."""
-import importlib.util
 
 import pytest
 import torch
@@ -12,12 +11,10 @@ from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.config import get_project_cfg
 from dinat_m2f.modeling.backbone.coatnet import VARIANTS, D2CoAtNet
 from log_capture import RecordLogs
-from project_paths import REPO
+from project_paths import REPO, import_script
 
 TOOL = REPO / "tools" / "convert-timm-coatnet-to-d2.py"
-_spec = importlib.util.spec_from_file_location("convert_coatnet", TOOL)
-convert_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_tool)
+convert_tool = import_script(TOOL, "convert_coatnet")
 
 LAYOUT = dict(embed_dim=[16, 32, 48, 64], depths=[1, 1, 2, 1], stem_width=[8, 16])
 IMG_SIZE = (64, 64)

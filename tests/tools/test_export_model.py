@@ -1,19 +1,15 @@
 """tools/export_model.py: bad arguments are clear errors before anything is built (exporting itself is
 tests/e2e/test_export.py)."""
-import importlib.util
 
 import pytest
-from project_paths import REPO as ROOT
+from project_paths import REPO as ROOT, import_script
 
 CONFIG = str(ROOT / "configs" / "synthetic" / "panoptic" / "dinat_mini.yaml")
 
 
 @pytest.fixture(scope="module")
 def export_model():
-    spec = importlib.util.spec_from_file_location("export_model", ROOT / "tools" / "export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(ROOT / "tools" / "export_model.py", "export_model")
 
 
 @pytest.mark.parametrize("arguments,message", [

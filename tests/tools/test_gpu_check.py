@@ -1,6 +1,5 @@
 """tools/gpu_check.py: its dry run (every step on CPU, the report the GPU run writes), the job runner's time
 caps and failures, and the pieces that read the tools' output and compute floors and goals."""
-import importlib.util
 import json
 import math
 import os
@@ -9,15 +8,12 @@ import sys
 import time
 
 import pytest
-from project_paths import REPO
+from project_paths import REPO, import_script
 
 from dinat_m2f.layers.neighborhood_attention import flex as na_flex
 
 TOOL = REPO / "tools" / "gpu_check.py"
-_spec = importlib.util.spec_from_file_location("gpu_check", TOOL)
-gpu_check = importlib.util.module_from_spec(_spec)
-sys.modules["gpu_check"] = gpu_check  # its dataclass looks its module up
-_spec.loader.exec_module(gpu_check)
+gpu_check = import_script(TOOL, "gpu_check")
 
 
 def run_gpu_check(tmp_path, *args, timeout=3000):

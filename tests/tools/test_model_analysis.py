@@ -1,19 +1,15 @@
 """tools/analyze_model.py: parameter counts and FLOP handles for neighborhood, deformable and window attention."""
-import importlib.util
 
 import pytest
 import torch
-from project_paths import REPO as ROOT
+from project_paths import REPO as ROOT, import_script
 
 COCO_PANOPTIC = str(ROOT / "configs" / "coco" / "panoptic" / "dinat_l.yaml")
 
 
 @pytest.fixture(scope="module")
 def analyze_model():
-    spec = importlib.util.spec_from_file_location("analyze_model", ROOT / "tools" / "analyze_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(ROOT / "tools" / "analyze_model.py", "analyze_model")
 
 
 def test_parameter_count_of_dinat_l_coco_panoptic(analyze_model):

@@ -1,7 +1,6 @@
 """tools/analyze_model.py on a ShiftViT model: a block costs exactly its MLP and GN1 (the shift is 0 FLOPs)."""
-import importlib.util
 
-from project_paths import REPO
+from project_paths import REPO, import_script
 
 SHIFTVIT_T = str(REPO / "configs" / "coco" / "panoptic" / "shiftvit_t.yaml")
 SMALL_HEAD = ["MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.MASK_DIM", 32,
@@ -11,9 +10,7 @@ SMALL_HEAD = ["MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.MASK_DIM",
 
 
 def test_one_more_shift_block_adds_its_mlp_and_norm_only():
-    spec = importlib.util.spec_from_file_location("analyze_model", REPO / "tools" / "analyze_model.py")
-    analyze_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyze_model)
+    analyze_model = import_script(REPO / "tools" / "analyze_model.py", "analyze_model")
     embed_dim, ratio, side = 16, 2.0, 64 // 4
     counts = []
     for depths in ([1, 1, 1, 1], [2, 1, 1, 1]):
