@@ -1,7 +1,7 @@
 """The MaskFormer meta-architecture of Mask2Former: backbone + MaskFormerHead, trained with a Hungarian
 set criterion, with semantic, panoptic and instance inference (modeling/postprocessing.py)."""
 import logging
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -53,6 +53,9 @@ class MaskFormer(nn.Module):
         size_divisibility: int,
         pixel_mean: Tuple[float],
         pixel_std: Tuple[float],
+        compile_modules: Sequence[str] = (),
+        compile_options: Optional[dict] = None,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -62,6 +65,9 @@ class MaskFormer(nn.Module):
             postprocessor: semantic / panoptic / instance inference from the head's outputs.
             size_divisibility: pad images to a multiple of this (< 0: the backbone's).
             pixel_mean, pixel_std: per-channel normalization, in INPUT.FORMAT order.
+            compile_modules: submodules ("backbone", "sem_seg_head", ...) compiled in place by torch.compile with
+                `compile_options` (Module.compile: state_dict names stay the same, checkpoints load unchanged).
+            channels_last: 4-D weights (the convolutions') in channels-last memory format.
         """
         super().__init__()
         self.backbone = backbone
@@ -74,6 +80,14 @@ class MaskFormer(nn.Module):
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        for name in compile_modules:
+            module = getattr(self, name, None)
+            if not isinstance(module, nn.Module):
+                children = ", ".join(n for n, _ in self.named_children())
+                raise ValueError(f"MODEL.COMPILE.MODULES: {name!r} is not a submodule of MaskFormer ({children})")
+            module.compile(**(compile_options or {}))
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
@@ -111,6 +125,9 @@ class MaskFormer(nn.Module):
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "compile_modules": cfg.MODEL.COMPILE.MODULES if cfg.MODEL.COMPILE.ENABLED else (),
+            "compile_options": {"backend": cfg.MODEL.COMPILE.BACKEND, "mode": cfg.MODEL.COMPILE.MODE},
+            "channels_last": cfg.MODEL.CHANNELS_LAST,
         }
 
     @property

@@ -14,10 +14,12 @@ padding and post-processing). Exported files are kept in --export-dir and reused
 after changing the model or the weights); making them is timed separately. Each backend runs in a fresh process,
 so its peak memory (the process's peak resident memory on CPU, weights included; allocated memory on CUDA) is
 its own. Time is wall time per image; CPU time is the process's CPU time per image (all its threads), which
-competing processes on a shared machine inflate less. --compile runs the backbone and the segmentation head
-through torch.compile (post-processing stays eager); the warm-up call compiles. Training (--train) runs
-optimizer steps on --train-batch random LSJ-sized images with generated instance targets, under autocast in
---precision, as train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does not depend on them.
+competing processes on a shared machine inflate less. --compile is the override MODEL.COMPILE.ENABLED True: the
+backbone and the segmentation head run through torch.compile (post-processing stays eager); the warm-up call
+compiles. MODEL.CHANNELS_LAST True (a trailing override) puts the convolutions' weights in channels-last.
+Training (--train) runs optimizer steps on --train-batch random LSJ-sized images with generated instance targets,
+under autocast in --precision, as train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does
+not depend on them.
 """
 from __future__ import annotations
 
@@ -102,9 +104,6 @@ def _time_inference(spec: dict) -> dict:
     device = torch.device(spec["device"])
     if spec["backend"] == "eager":
         model = _build_model(cfg).eval()
-        if spec["compile"]:
-            model.backbone = torch.compile(model.backbone)
-            model.sem_seg_head = torch.compile(model.sem_seg_head)
     else:
         model = ExportedMaskFormer(spec["file"], cfg, threads=spec["threads"])
     autocast = torch.autocast(device.type, dtype=getattr(torch, spec["precision"]),
@@ -135,7 +134,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[640, 640], metavar=("H", "W"))
     parser.add_argument("--images", type=int, default=2, help="timed inference calls (after one warm-up)")
     parser.add_argument("--batch", type=int, default=1, help="images per inference call")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and the head")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the backbone and the head (MODEL.COMPILE.ENABLED True)")
     parser.add_argument("--backends", default="eager", help="comma-separated, of eager, " + ", ".join(EXPORTED))
     parser.add_argument("--export-dir", default="output/export", help="where exported files are kept")
     parser.add_argument("--threads", type=int, default=2)
@@ -150,19 +150,25 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--backends: unknown {unknown}; choose from eager, {', '.join(EXPORTED)}")
     exported = [b for b in backends if b != "eager"]
+    if args.compile:
+        args.opts = [*args.opts, "MODEL.COMPILE.ENABLED", "True"]
     if exported and (args.device != "cpu" or args.precision != "float32" or args.batch != 1):
         raise SystemExit(f"--backends {','.join(exported)}: exported networks run float32 on the CPU, one image "
                          "per call (--device cpu --precision float32 --batch 1)")
 
     torch.set_num_threads(args.threads)
     cfg = _load_cfg(args.config_file, args.opts, args.device)
+    if exported and cfg.MODEL.COMPILE.ENABLED:
+        raise SystemExit("MODEL.COMPILE.ENABLED applies to the eager model: leave it off for --backends "
+                         f"{','.join(exported)}")
     device = torch.device(args.device)
     model = _build_model(cfg)
     params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{args.config_file}: {params / 1e6:.1f}M parameters, torch {torch.__version__}, "
           f"{args.device} ({name}), {args.threads} CPU threads, {args.precision}"
-          f"{', torch.compile' if args.compile else ''}")
+          f"{', torch.compile' if cfg.MODEL.COMPILE.ENABLED else ''}"
+          f"{', channels-last weights' if cfg.MODEL.CHANNELS_LAST else ''}")
 
     height, width = args.size
     files = {}
@@ -183,7 +189,7 @@ def main() -> None:
     for backend in backends:
         spec = dict(backend=backend, file=str(files.get(backend, "")), config_file=args.config_file,
                     opts=args.opts, device=args.device, precision=args.precision, size=(height, width),
-                    batch=args.batch, images=args.images, threads=args.threads, compile=args.compile)
+                    batch=args.batch, images=args.images, threads=args.threads)
         with context.Pool(1) as pool:
             row = pool.apply(_time_inference, (spec,))
         print(f"| inference | {backend} | {args.batch} x {height}x{width} | {args.precision} | "

@@ -56,3 +56,47 @@ def test_flex_backend_has_no_graph_break(monkeypatch):
     traced = [str(node.target) for graph in explanation.graphs for node in graph.graph.nodes]
     assert not any("argsort" in target or "zeros" in target for target in traced), traced
     torch.testing.assert_close(compiled, na2d(q, k, v, 3, 2, rpb, backend="tiled"))
+
+
+def _synthetic_cfg(*opts):
+    cfg = load_project_config("configs/synthetic/panoptic/dinat_mini.yaml", list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def test_compile_switch_compiles_in_place_and_keeps_state_dict_names():
+    torch.manual_seed(0)
+    plain = build_model(_synthetic_cfg()).eval()
+    torch.manual_seed(0)
+    compiled = build_model(_synthetic_cfg("MODEL.COMPILE.ENABLED", "True", "MODEL.COMPILE.BACKEND", "eager")).eval()
+    # Module.compile: the same modules, the same names (no "_orig_mod."), so checkpoints load both ways.
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    compiled.load_state_dict(plain.state_dict(), strict=True)
+    assert compiled.backbone._compiled_call_impl is not None and compiled.sem_seg_head._compiled_call_impl is not None
+    assert plain.backbone._compiled_call_impl is None
+    image = [{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8), "height": 96, "width": 128}]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected, result = plain(image)[0], compiled(image)[0]
+    torch.testing.assert_close(result["sem_seg"], expected["sem_seg"])
+    assert torch.equal(result["panoptic_seg"][0], expected["panoptic_seg"][0])
+
+
+def test_compile_switch_names_an_unknown_module():
+    with pytest.raises(ValueError, match=r"MODEL.COMPILE.MODULES: 'pixel_decoder' is not a submodule.*backbone"):
+        build_model(_synthetic_cfg("MODEL.COMPILE.ENABLED", "True", "MODEL.COMPILE.MODULES", "['pixel_decoder']"))
+
+
+def test_channels_last_switch_changes_layout_not_results():
+    torch.manual_seed(0)
+    plain = build_model(_synthetic_cfg()).eval()
+    torch.manual_seed(0)
+    channels_last = build_model(_synthetic_cfg("MODEL.CHANNELS_LAST", "True")).eval()
+    convs = [m.weight for m in channels_last.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # a 1x1 kernel is both; a 3x3 one changed layout
+    image = [{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8), "height": 96, "width": 128}]
+    with torch.no_grad():
+        expected, result = plain(image)[0], channels_last(image)[0]
+    torch.testing.assert_close(result["sem_seg"], expected["sem_seg"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(result["panoptic_seg"][0], expected["panoptic_seg"][0])
