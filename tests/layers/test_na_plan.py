@@ -67,3 +67,15 @@ def test_default_plan_reads_exactly_each_window_with_border_runs_apart(kernel_si
                         assert runs[t][c.allowed[a]].tolist() == keys[query].tolist(), (length, dilation, query)
                         assert c.bias_index[a][c.allowed[a]].tolist() == slots[query].tolist()
             assert sorted(queries_seen) == list(range(length))
+
+
+def test_short_interiors_join_the_border_tiles():
+    # k = 11, d = 1: a 15-position axis is 6 members sharing the first window, 3 between, 6 sharing the last;
+    # the 3 are split between the border tiles (8 + 7). Seven between (19 positions) stay a tile of their own.
+    def tile_sizes(length):
+        plan = _axis_plan_cpu(length, 11, 1, default_tile(length, 11), True)
+        return sorted(c.allowed.shape[0] for c in plan.classes for _ in range(c.num_tiles))
+
+    assert tile_sizes(15) == [7, 8]
+    assert tile_sizes(19) == [6, 6, 7]
+    assert tile_sizes(12) == [6, 6]  # no interior
