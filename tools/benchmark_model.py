@@ -19,7 +19,8 @@ backbone and the segmentation head run through torch.compile (post-processing st
 compiles. MODEL.CHANNELS_LAST True (a trailing override) puts the convolutions' weights in channels-last.
 Training (--train) runs optimizer steps on --train-batch random LSJ-sized images with generated instance targets,
 under autocast in --precision, as train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does
-not depend on them.
+not depend on them. --ceiling first prints the machine's float32 matrix-product rate (a 4096^3 product and the
+model's linear-layer shapes), the arithmetic limit the model's time compares with.
 """
 from __future__ import annotations
 
@@ -97,6 +98,29 @@ def _build_model(cfg):
     return model
 
 
+# (M, K, N) float32 products: a large square one, and DiNAT-L's linear layers at a 640x640 input (tokens x in x
+# out: stage 1 qkv and fc2, stage 3 qkv and fc1, stage 4 fc1).
+CEILING_SHAPES = [(4096, 4096, 4096), (25600, 192, 576), (25600, 384, 192), (1600, 768, 2304), (1600, 768, 1536),
+                  (400, 1536, 3072)]
+
+
+def _matmul_ceiling(threads: int, repeats: int = 5) -> None:
+    """Print the float32 matrix-product rate of this machine at `threads` threads: the arithmetic limit."""
+    torch.set_num_threads(threads)
+    print(f"float32 matrix products (addmm), {threads} threads, best of {repeats}")
+    print("| M x K x N | ms | GFLOP/s |")
+    print("|---|---|---|")
+    for m, k, n in CEILING_SHAPES:
+        a, b, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+        torch.addmm(bias, a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.addmm(bias, a, b)
+            best = min(best, time.perf_counter() - start)
+        print(f"| {m} x {k} x {n} | {best * 1e3:.1f} | {2 * m * k * n / best / 1e9:.0f} |")
+
+
 def _time_inference(spec: dict) -> dict:
     """Seconds per image and peak memory of one backend (run in a fresh process)."""
     torch.set_num_threads(spec["threads"])
@@ -143,6 +167,8 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=1024)
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="first print this machine's float32 matrix-product rate (CPU)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
     backends = args.backends.split(",")
@@ -156,6 +182,8 @@ def main() -> None:
         raise SystemExit(f"--backends {','.join(exported)}: exported networks run float32 on the CPU, one image "
                          "per call (--device cpu --precision float32 --batch 1)")
 
+    if args.ceiling:
+        _matmul_ceiling(args.threads)
     torch.set_num_threads(args.threads)
     cfg = _load_cfg(args.config_file, args.opts, args.device)
     if exported and cfg.MODEL.COMPILE.ENABLED:
