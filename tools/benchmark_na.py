@@ -15,16 +15,30 @@ memory stays per row (allocator statistics), while CPU peak memory then includes
     python tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,natten,gather --image 1024
     python tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,gather --image 1024,800x1216 \
         --one-process
+    python tools/benchmark_na.py --before 7d345fa --rounds 4     # the tiled op of another revision against this one
+
+--before REV compares the tiled backend of git revision REV (its neighborhood_attention package, `git archive`d
+into a temporary folder, its custom ops renamed so both load) with this checkout's, in one process, the two
+alternated --rounds times per row, q, k, v laid out as NeighborhoodAttention2D makes them (views of one qkv
+tensor). On a shared machine whose speed drifts, alternating in one process is what makes the two comparable;
+separate runs of the table above differed by up to 50% between runs of the same code here.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
 import multiprocessing as mp
 import os
 import platform
 import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -101,6 +115,62 @@ def _measure(spec: dict) -> dict:
     return result
 
 
+def _import_revision(revision: str, folder: str):
+    """The neighborhood_attention package as it is at `revision`, imported as a package of its own."""
+    root = Path(__file__).resolve().parents[1]
+    member = "dinat_m2f/layers/neighborhood_attention"
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision, member], check=True,
+                             capture_output=True).stdout
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+    name = "na_" + "".join(c if c.isalnum() else "_" for c in revision)
+    package = Path(folder) / name
+    (Path(folder) / member).rename(package)
+    for module in package.glob("*.py"):  # the custom ops' namespace, so that both revisions can register theirs
+        module.write_text(module.read_text().replace('"dinat_m2f::', f'"dinat_m2f_{name}::'))
+    sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def _compare_revisions(revision: str, rows: list, rounds: int, repeats: int, threads: int) -> None:
+    """Best forward and forward+backward time of the tiled op at `revision` and here, alternated in one process."""
+    from dinat_m2f.layers import na2d
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as folder:
+        before = _import_revision(revision, folder)
+        ops = {revision: before.na2d, "this checkout": na2d}
+        print(f"tiled na2d, {revision} against this checkout, kernel 11, head dim 32, RPB, float32, batch 1, torch "
+              f"{torch.__version__}, cpu ({platform.processor() or platform.machine()}), {threads} threads, "
+              f"best of {rounds} alternated rounds x {repeats} calls")
+        print(f"| map | heads | dilation | forward ms, {revision} | this checkout | fwd+bwd ms, {revision} "
+              "| this checkout |")
+        print("|---|---|---|---|---|---|---|")
+        for _, height, width, heads, dilation in rows:
+            if min(height, width) < 11:  # smaller than the window: no neighborhood attention at this size
+                continue
+            qkv = torch.randn(1, height, width, 3, heads, 32)
+            q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+            rpb = torch.randn(heads, 21, 21)
+            leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
+            grad = torch.randn(1, heads, height, width, 32)
+            forward, train = {n: float("inf") for n in ops}, {n: float("inf") for n in ops}
+            for number in range(rounds):
+                for name in (list(ops) if number % 2 == 0 else list(ops)[::-1]):
+                    op = ops[name]
+                    with torch.no_grad():
+                        op(q, k, v, 11, dilation, rpb, backend="tiled")  # warm-up: the plan
+                        for _ in range(repeats):
+                            start = time.perf_counter()
+                            op(q, k, v, 11, dilation, rpb, backend="tiled")
+                            forward[name] = min(forward[name], time.perf_counter() - start)
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        torch.autograd.grad(op(*leaves[:3], 11, dilation, leaves[3], backend="tiled"), leaves, grad)
+                        train[name] = min(train[name], time.perf_counter() - start)
+            cells = [f"{forward[n] * 1e3:.1f}" for n in ops] + [f"{train[n] * 1e3:.1f}" for n in ops]
+            print(f"| {height}x{width} | {heads} | {dilation} | " + " | ".join(cells) + " |", flush=True)
+
+
 def _image_sizes(text: str) -> list[tuple[int, int]]:
     """"1024,800x1216" -> [(1024, 1024), (800, 1216)]."""
     sizes = []
@@ -127,6 +197,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-rpb", action="store_true", help="without RPB (what NATTEN's fused kernels support)")
     parser.add_argument("--json", help="also write the rows to this file (rewritten after each row)")
+    parser.add_argument("--before", metavar="REV", help="compare the tiled op of git revision REV with this one")
+    parser.add_argument("--rounds", type=int, default=4, help="alternated rounds of --before")
     args = parser.parse_args()
     backends = args.backends or "tiled,gather" + (",natten" if natten_na2d() is not None else "")
 
@@ -135,11 +207,16 @@ def main() -> None:
             for h, w in args.image for stride, heads, dilation in DINAT_L_STAGES]
     if not args.no_reference_layer:
         rows.append(("reference layer", 200, 200, 6, 14))  # the reference layer of the performance issue
+    rows = [(image, height, width, heads, min(dilation, min(height, width) // 11))
+            for image, height, width, heads, dilation in rows]
+    if args.before:
+        _compare_revisions(args.before, rows, args.rounds, args.repeats, args.threads)
+        return
     for image, height, width, heads, dilation in rows:
         for dtype in args.dtypes.split(","):
             for backend in backends.split(","):
                 specs.append(dict(device=args.device, dtype=dtype, backend=backend, image=image, height=height,
-                                  width=width, heads=heads, dilation=min(dilation, min(height, width) // 11),
+                                  width=width, heads=heads, dilation=dilation,
                                   kernel=11, batch=args.batch, rpb=not args.no_rpb and backend != "natten",
                                   threads=args.threads, repeats=args.repeats))
     context = mp.get_context("spawn")
