@@ -9,8 +9,8 @@ not depend on them), without post-processing (semantic/panoptic/instance inferen
 papers, one multiply-add is one FLOP. fvcore does not know some ops; they get handles here:
 - neighborhood attention: QK and AV, each B * heads * H * W * k * k * D (H, W after NATTEN's padding of
   small maps), whatever the implementation computes in its tiles.
-- multi-scale deformable attention: per sampled value, 4 for bilinear interpolation (aten::grid_sampler)
-  and 1 for its attention weight.
+- multi-scale deformable attention: per sampled value, 4 for bilinear interpolation (aten::grid_sampler,
+  or aten::embedding_bag, the form CPU inference runs) and 1 for its attention weight.
 - scaled_dot_product_attention (nn.MultiheadAttention): QK and AV, each B * heads * Lq * Lk * D.
   Swin's window attention runs in it too: Lq = Lk = M*M per window, over the map padded to the window.
   So does HRViT's stripe attention: Lq = Lk = stripe rows x full width (or full height x stripe columns),
@@ -91,6 +91,14 @@ def grid_sampler_flop_handle(inputs: List, outputs: List) -> int:
     return 5 * math.prod(get_shape(outputs[0]))
 
 
+def embedding_bag_flop_handle(inputs: List, outputs: List) -> int:
+    # The CPU inference form of the same sampling: output (N * Lq * heads, D), 4 corner rows per sampled point
+    # (the rows flattened into inputs[1]); counted as grid_sampler's, 5 per sampled value.
+    head_dim = get_shape(outputs[0])[-1]
+    rows = math.prod(get_shape(inputs[1]))
+    return 5 * head_dim * rows // 4
+
+
 def sdpa_flop_handle(inputs: List, outputs: List) -> int:
     *batch, num_queries, head_dim = get_shape(inputs[0])
     num_keys = get_shape(inputs[1])[-2]
@@ -144,6 +152,7 @@ def count_flops(cfg: CfgNode, height: int, width: int) -> Tuple[int, Counter]:
             **{
                 "prim::PythonOp.NeighborhoodAttentionOp": na_flop_handle(cfg.MODEL.DINAT.KERNEL_SIZE),
                 "aten::grid_sampler": grid_sampler_flop_handle,
+                "aten::embedding_bag": embedding_bag_flop_handle,
                 "aten::scaled_dot_product_attention": sdpa_flop_handle,
             }
         )
