@@ -258,5 +258,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
 
         attn_mask = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
-        attn_mask = attn_mask.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5
+        # Compared before the repeat to every head: the same mask, a bool copy per head instead of a float one.
+        attn_mask = (attn_mask.sigmoid().flatten(2) < 0.5).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
         return outputs_class, outputs_mask, attn_mask.detach()
