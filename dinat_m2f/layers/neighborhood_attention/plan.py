@@ -180,6 +180,9 @@ class ClassPair:
     one tile are contiguous and consecutive row tiles are consecutive slices.
     key_index:   (n_rows * n_cols * Rh * Rw,) likewise for the key runs.
     query_valid: (n_rows * n_cols * Th * Tw,) bool, the slot is a real query (others repeat one and are dropped).
+    bias_slots:  (Th * Tw * Rh * Rw,) flat index into an RPB table rpb[h].view(-1) ((2k-1)^2 entries) of every
+                 (query, key) entry of the pair's bias block, ordered (row, column, key row, key column).
+    blocked:     (Th * Tw * Rh * Rw,) bool, the key is outside the query's window (its bias is -inf).
     """
 
     rows: TileClass
@@ -187,6 +190,8 @@ class ClassPair:
     query_index: torch.Tensor
     key_index: torch.Tensor
     query_valid: torch.Tensor
+    bias_slots: torch.Tensor
+    blocked: torch.Tensor
 
     @property
     def block(self) -> tuple[int, int]:
@@ -226,7 +231,10 @@ def _plan_2d_cpu(height: int, width: int, kernel_size: int, dilation: int, tile_
             valid = (rows.valid.view(n_rows, 1, -1, 1) & cols.valid.view(1, n_cols, 1, -1)).reshape(-1)
             output_index[queries[valid]] = torch.arange(offset, offset + queries.numel())[valid]
             offset += queries.numel()
-            pairs.append(ClassPair(rows, cols, queries, keys, valid))
+            side = 2 * kernel_size - 1
+            slots = rows.bias_index[:, None, :, None] * side + cols.bias_index[None, :, None, :]
+            blocked = ~(rows.allowed[:, None, :, None] & cols.allowed[None, :, None, :])
+            pairs.append(ClassPair(rows, cols, queries, keys, valid, slots.reshape(-1), blocked.reshape(-1)))
     return Plan2D(height, width, tuple(pairs), output_index)
 
 
@@ -234,8 +242,9 @@ def _to_device(plan: Plan2D, device: torch.device) -> Plan2D:
     def move_class(c: TileClass) -> TileClass:
         return TileClass(*(t.to(device) for t in (c.query_index, c.key_index, c.valid, c.allowed, c.bias_index)))
 
-    pairs = tuple(ClassPair(move_class(p.rows), move_class(p.cols), p.query_index.to(device),
-                            p.key_index.to(device), p.query_valid.to(device)) for p in plan.pairs)
+    pairs = tuple(ClassPair(move_class(p.rows), move_class(p.cols),
+                            *(t.to(device) for t in (p.query_index, p.key_index, p.query_valid, p.bias_slots,
+                                                     p.blocked))) for p in plan.pairs)
     return Plan2D(plan.height, plan.width, pairs, plan.output_index.to(device))
 
 

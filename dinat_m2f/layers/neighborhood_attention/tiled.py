@@ -34,24 +34,13 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def pair_bias(rpb: torch.Tensor | None, pair: ClassPair, dtype: torch.dtype) -> torch.Tensor:
-    """(heads or 1, Th*Tw, Rh*Rw) bias of one class pair: RPB inside the windows, -inf outside."""
-    rows, cols = pair.rows, pair.cols
-    th, rh = rows.allowed.shape
-    tw, rw = cols.allowed.shape
-    allowed = rows.allowed[:, None, :, None] & cols.allowed[None, :, None, :]  # (Th, Tw, Rh, Rw)
+    """(heads or 1, Th*Tw, Rh*Rw) bias of one class pair: RPB inside the windows, -inf outside (one gather of
+    the plan's flat slots: advanced indexing with broadcast 4-D indices cost several times more)."""
     if rpb is None:
-        bias = torch.zeros((1, th, tw, rh, rw), dtype=dtype, device=allowed.device)
+        bias = torch.zeros((1, pair.blocked.numel()), dtype=dtype, device=pair.blocked.device)
     else:
-        bias = rpb[:, rows.bias_index[:, None, :, None], cols.bias_index[None, :, None, :]].to(dtype)
-    bias = bias.masked_fill(~allowed, float("-inf"))
-    return bias.reshape(bias.shape[0], *pair.block)
-
-
-def _rpb_slot_index(pair: ClassPair, kernel_size: int) -> torch.Tensor:
-    """(Th*Tw*Rh*Rw,) flat index into rpb[h].view(-1) of every (query, key) entry of the pair's bias block."""
-    side = 2 * kernel_size - 1
-    rows, cols = pair.rows.bias_index, pair.cols.bias_index
-    return (rows[:, None, :, None] * side + cols[None, :, None, :]).reshape(-1)
+        bias = rpb.reshape(rpb.shape[0], -1).index_select(1, pair.bias_slots).to(dtype)
+    return bias.masked_fill_(pair.blocked, float("-inf")).view(bias.shape[0], *pair.block)
 
 
 def _scores(queries: int, keys: int) -> int:
@@ -193,7 +182,7 @@ def _backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     grad_rpb = torch.zeros((heads, (2 * kernel_size - 1) ** 2), dtype=work_dtype, device=q.device)
     if need_rpb:
         for pair, grad in zip(plan.pairs, grad_bias):
-            grad_rpb.index_add_(1, _rpb_slot_index(pair, kernel_size), grad)
+            grad_rpb.index_add_(1, pair.bias_slots, grad)
     grad_rpb = grad_rpb.view(heads, 2 * kernel_size - 1, 2 * kernel_size - 1).to(
         rpb.dtype if rpb is not None else q.dtype)
     return [g.transpose(0, 1).to(t.dtype).contiguous() for g, t in ((grad_q, q), (grad_k, k), (grad_v, v))] + [grad_rpb]
