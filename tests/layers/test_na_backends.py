@@ -247,3 +247,23 @@ def test_choice_is_logged_once(caplog, monkeypatch):
         na2d(q, k, v, kernel, dilation, rpb)
     messages = [r.getMessage() for r in caplog.records if "backend" in r.getMessage()]
     assert messages == ["neighborhood attention backend: tiled (cpu, torch.float16)"]
+
+
+def test_tiled_reads_views_of_a_qkv_tensor_as_packed_rows():
+    """q, k, v as NeighborhoodAttention2D makes them (views into one qkv tensor, positions 3 * C apart) give the
+    results and gradients of packed copies."""
+    from dinat_m2f.layers import na2d
+
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 23, 29, 3, 2, 8, requires_grad=True)
+    rpb = torch.randn(2, 9, 9, requires_grad=True)
+    q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+    assert not k.is_contiguous()
+    out = na2d(q, k, v, 5, 2, rpb, backend="tiled")
+    packed = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
+    expected = na2d(*packed, 5, 2, rpb, backend="tiled")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    (grad_qkv,) = torch.autograd.grad(out, qkv, grad)
+    expected_grads = torch.autograd.grad(expected, packed, grad)
+    torch.testing.assert_close(grad_qkv.permute(3, 0, 4, 1, 2, 5).unbind(0), expected_grads)

@@ -76,6 +76,15 @@ def from_rows(rows: torch.Tensor, batch: int, height: int, width: int) -> torch.
     return rows.view(height, width, batch, -1, rows.shape[-1]).permute(2, 3, 0, 1, 4)
 
 
+def _gatherable(rows: torch.Tensor) -> torch.Tensor:
+    """`rows` itself where each position's channels (all heads) are one contiguous run, however far apart the
+    positions are (k and v of NeighborhoodAttention2D: views into its qkv output; index_select reads such rows
+    as fast as packed ones), else a contiguous copy (done once: index_select would copy at every chunk)."""
+    if rows.stride(-1) == 1 and rows.stride(-2) == rows.shape[-1]:
+        return rows
+    return rows.contiguous()
+
+
 def _gather(rows: torch.Tensor, index: torch.Tensor, n: int, size: int, batch: int) -> torch.Tensor:
     """The rows at `index` as (B, heads, n, size, D) blocks: one gather of whole positions (all heads' channels
     are one contiguous row, several times faster than gathering per head), then a view."""
@@ -239,8 +248,7 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
          rpb: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     """Neighborhood attention by dense tiles; inputs already validated, q already scaled."""
     batch, heads, height, width, dim = q.shape
-    # Contiguous once here: index_select on a strided view would copy the whole tensor at every chunk.
-    q, k, v = (to_rows(t).contiguous() for t in (q, k, v))
+    q, k, v = (_gatherable(to_rows(t)) for t in (q, k, v))
     if dropout_p > 0.0:
         plan = plan_2d(height, width, kernel_size, dilation, q.device)
         out = tiles_by_standard_ops(q, k, v, rpb, plan, batch, heads, dropout_p)
