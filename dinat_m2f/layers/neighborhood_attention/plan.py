@@ -223,6 +223,7 @@ def _plan_2d_cpu(height: int, width: int, kernel_size: int, dilation: int, tile_
     pairs = []
     output_index = torch.empty(height * width, dtype=torch.long)
     offset = 0
+    side = 2 * kernel_size - 1  # RPB table side
     for rows in plan_h.classes:
         for cols in plan_w.classes:
             n_rows, n_cols = rows.num_tiles, cols.num_tiles
@@ -231,7 +232,6 @@ def _plan_2d_cpu(height: int, width: int, kernel_size: int, dilation: int, tile_
             valid = (rows.valid.view(n_rows, 1, -1, 1) & cols.valid.view(1, n_cols, 1, -1)).reshape(-1)
             output_index[queries[valid]] = torch.arange(offset, offset + queries.numel())[valid]
             offset += queries.numel()
-            side = 2 * kernel_size - 1
             slots = rows.bias_index[:, None, :, None] * side + cols.bias_index[None, :, None, :]
             blocked = ~(rows.allowed[:, None, :, None] & cols.allowed[None, :, None, :])
             pairs.append(ClassPair(rows, cols, queries, keys, valid, slots.reshape(-1), blocked.reshape(-1)))

@@ -111,7 +111,7 @@ def _attention_mask(rpb: torch.Tensor | None, pair: ClassPair, dtype: torch.dtyp
                     ) -> torch.Tensor | None:
     """The pair's bias as an SDPA mask for (B*heads, tiles, Th*Tw, D) blocks: (B*heads or 1, 1, Th*Tw, Rh*Rw),
     None where it is zero (no RPB, every key of the run in every window)."""
-    if rpb is None and bool(pair.rows.allowed.all()) and bool(pair.cols.allowed.all()):
+    if rpb is None and not bool(pair.blocked.any()):
         return None
     bias = pair_bias(rpb, pair, dtype)
     if bias.shape[0] > 1:  # one bias per head, the same for every image: (B*heads, ...) as a view when B = 1
