@@ -3,10 +3,11 @@ pred_masks), the one post-processing of `MaskFormer` and of exported models (din
 Rules: shared/specs/mask2former.md, "Inference".
 
 Every decision is taken on the masks at the output size, as in Mask2Former, but no (Q, H, W) tensor of that size
-is made: `QueryMasks` upsamples a chunk of queries at a time (CHUNK_ELEMENTS values), semantic scores are summed
-over chunks, the panoptic argmax is a running maximum over the kept queries, and instances upsample only their top
-queries. Memory is the results' (K x H x W scores, one boolean mask per instance, the panoptic map) and one
-chunk's."""
+is made: `QueryMasks` upsamples a chunk of queries at a time (CHUNK_ELEMENTS values), and one pass over the chunks
+feeds every result: semantic scores are summed over chunks, the panoptic argmax is a running maximum over the kept
+queries, and instances read their top queries' rows. Each query needed by any result is upsampled (and its
+sigmoid taken) once; without semantic results only the kept and top queries are. Memory is the results' (K x H x W
+scores, one boolean mask per instance, the panoptic map) and one chunk's."""
 import copy
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -18,7 +19,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.memory import retry_if_cuda_oom
 
-__all__ = ["MaskFormerPostProcessor", "QueryMasks", "dataset_metadata"]
+__all__ = ["MaskFormerPostProcessor", "PanopticMerge", "QueryMasks", "SemanticScores", "TopInstances",
+           "dataset_metadata", "infer"]
 
 # Mask values at the output size held at a time (64 MB of float32); at least one query's mask.
 CHUNK_ELEMENTS = 2 ** 24
@@ -95,6 +97,170 @@ class QueryMasks:
 Masks = Union[torch.Tensor, QueryMasks]
 
 
+class SemanticScores:
+    """Semantic inference, one chunk of queries at a time: (K, H, W) class scores, the sum over all queries of
+    the class probability times the mask probability."""
+
+    queries = None  # every query
+
+    def __init__(self, mask_cls: torch.Tensor):
+        self.class_prob = F.softmax(mask_cls, dim=-1)[..., :-1]
+        self.sem_seg: Optional[torch.Tensor] = None
+
+    def add(self, positions: slice, logits: torch.Tensor, mask_prob: torch.Tensor) -> None:
+        if self.sem_seg is None:
+            self.sem_seg = torch.einsum("qc,qhw->chw", self.class_prob[positions], mask_prob)
+        else:
+            # a view (never a copy, which would drop the sum): einsum's result is contiguous
+            self.sem_seg.view(len(self.sem_seg), -1).addmm_(self.class_prob[positions].t(), mask_prob.flatten(1))
+
+    def result(self) -> torch.Tensor:
+        return self.sem_seg
+
+
+class PanopticMerge:
+    """Panoptic inference over the confident queries (not no-object, score above the threshold): each pixel goes
+    to the kept query with the highest score * mask probability (the first one on ties, as argmax), a running
+    maximum over chunks; its segment keeps the pixel if the winner's probability there is >= 0.5."""
+
+    def __init__(self, processor: "MaskFormerPostProcessor", mask_cls: torch.Tensor, size: Tuple[int, int]):
+        self.processor = processor
+        self.size = size
+        scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+        keep = labels.ne(processor.num_classes) & (scores > processor.object_mask_threshold)
+        self.queries = keep.nonzero().squeeze(1)
+        self.scores = scores[self.queries]
+        self.classes = labels[self.queries].tolist()
+        self.best = self.winner = self.winner_in_mask = None
+        self.own_area = torch.zeros(len(self.queries), dtype=torch.int64, device=mask_cls.device)
+
+    def add(self, positions: slice, logits: torch.Tensor, mask_prob: torch.Tensor) -> None:
+        in_mask = mask_prob >= 0.5
+        self.own_area[positions] = in_mask.flatten(1).sum(1)
+        chunk_best, chunk_winner = (mask_prob * self.scores[positions].view(-1, 1, 1)).max(0)
+        chunk_in_mask = in_mask.gather(0, chunk_winner[None])[0]
+        del in_mask
+        chunk_winner += positions.start
+        if self.best is None:
+            self.best, self.winner, self.winner_in_mask = chunk_best, chunk_winner, chunk_in_mask
+            return
+        better = chunk_best > self.best
+        torch.where(better, chunk_best, self.best, out=self.best)
+        torch.where(better, chunk_winner, self.winner, out=self.winner)
+        torch.where(better, chunk_in_mask, self.winner_in_mask, out=self.winner_in_mask)
+
+    def result(self) -> Tuple[torch.Tensor, List[dict]]:
+        """The (H, W) int32 segment-id map (0: void) and segments_info (id, isthing, category_id)."""
+        device = self.own_area.device
+        segments_info = []
+        if self.winner is None:
+            return torch.zeros(self.size, dtype=torch.int32, device=device), segments_info
+        count = len(self.queries)
+        won_area = torch.bincount(self.winner.flatten(), minlength=count).tolist()
+        # the winner where it keeps the pixel, else `count` (void)
+        winner = torch.where(self.winner_in_mask, self.winner, count)
+        kept_area = torch.bincount(winner.flatten(), minlength=count + 1)[:-1].tolist()
+        own_area = self.own_area.tolist()
+
+        # Segment id of each kept query (0: dropped); queries own disjoint pixels, so one lookup paints all.
+        segment_ids = [0] * (count + 1)
+        current_segment_id = 0
+        stuff_segment_ids: Dict[int, int] = {}
+        for k, pred_class in enumerate(self.classes):
+            is_thing = self.processor.is_thing(pred_class)
+            if won_area[k] == 0 or own_area[k] == 0 or kept_area[k] == 0:
+                continue
+            # drop queries that lose too much of their own mask to others
+            if won_area[k] / own_area[k] < self.processor.overlap_threshold:
+                continue
+            if not is_thing and pred_class in stuff_segment_ids:
+                # one segment per stuff class
+                segment_ids[k] = stuff_segment_ids[pred_class]
+                continue
+            current_segment_id += 1
+            if not is_thing:
+                stuff_segment_ids[pred_class] = current_segment_id
+            segment_ids[k] = current_segment_id
+            segments_info.append({"id": current_segment_id, "isthing": is_thing, "category_id": pred_class})
+        panoptic_seg = torch.tensor(segment_ids, dtype=torch.int32, device=device)[winner]
+        return panoptic_seg, segments_info
+
+
+class TopInstances:
+    """Instance inference: the top TEST.DETECTIONS_PER_IMAGE (query, class) pairs (with panoptic on, of thing
+    classes only), each with its query's binary mask (logits > 0) and the score class probability * mean mask
+    probability inside that mask. A query in several pairs is read once."""
+
+    def __init__(self, processor: "MaskFormerPostProcessor", mask_cls: torch.Tensor, size: Tuple[int, int]):
+        num_classes = processor.num_classes
+        device = mask_cls.device
+        scores = F.softmax(mask_cls, dim=-1)[:, :-1]
+        labels = torch.arange(num_classes, device=device).unsqueeze(0).repeat(mask_cls.shape[0], 1).flatten(0, 1)
+        topk = min(processor.test_topk_per_image, scores.numel())
+        self.scores, topk_indices = scores.flatten(0, 1).topk(topk, sorted=False)
+        self.labels = labels[topk_indices]
+        query_per_pair = topk_indices // num_classes
+        if processor.panoptic_on:
+            keep = torch.tensor([processor.is_thing(int(label)) for label in self.labels], dtype=torch.bool,
+                                device=device)
+            self.scores, self.labels, query_per_pair = self.scores[keep], self.labels[keep], query_per_pair[keep]
+        self.queries, self.pair_query = query_per_pair.unique(return_inverse=True)
+        self.size = size
+        self.binary_masks = torch.zeros((len(query_per_pair), *size), dtype=torch.bool, device=device)
+        self.mask_scores = torch.zeros(len(self.queries), dtype=scores.dtype, device=device)
+
+    def add(self, positions: slice, logits: torch.Tensor, mask_prob: torch.Tensor) -> None:
+        binary = logits > 0
+        flat = binary.flatten(1)
+        self.mask_scores[positions] = (mask_prob.flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
+        pairs = ((self.pair_query >= positions.start) & (self.pair_query < positions.stop)).nonzero().squeeze(1)
+        self.binary_masks[pairs] = binary[self.pair_query[pairs] - positions.start]
+
+    def result(self) -> Instances:
+        result = Instances(self.size)
+        result.pred_masks = self.binary_masks
+        result.pred_boxes = BitMasks(self.binary_masks).get_bounding_boxes()
+        result.scores = self.scores * self.mask_scores[self.pair_query]
+        result.pred_classes = self.labels
+        return result
+
+
+# A result made in one pass over the mask chunks: `queries` (sorted query numbers, None for all) are the
+# queries it reads; `add(positions, logits, mask_prob)` gets the rows of its queries[positions] in one chunk,
+# in order, at the output size (to be read only); `result()` gives it.
+Inference = Union[SemanticScores, PanopticMerge, TopInstances]
+
+
+def infer(inferences: Sequence[Inference], masks: QueryMasks) -> None:
+    """Feed every inference the mask logits and probabilities of its queries, upsampling each query needed by
+    any of them once, in chunks of the query numbers in increasing order."""
+    if any(inference.queries is None for inference in inferences):
+        needed = None
+    else:
+        needed = torch.cat([inference.queries for inference in inferences]).unique()
+        if len(needed) == 0:
+            return
+    for chunk_positions, logits in masks.chunks(needed):
+        if needed is None:
+            chunk = torch.arange(chunk_positions.start, chunk_positions.stop, device=masks.device)
+        else:
+            chunk = needed[chunk_positions]
+        mask_prob = logits.sigmoid()
+        for inference in inferences:
+            if inference.queries is None:
+                inference.add(chunk_positions, logits, mask_prob)
+                continue
+            start = int(torch.searchsorted(inference.queries, chunk[0]))
+            stop = int(torch.searchsorted(inference.queries, chunk[-1], right=True))
+            if start == stop:
+                continue
+            if stop - start == len(chunk):  # all of the chunk: no copy
+                inference.add(slice(start, stop), logits, mask_prob)
+            else:
+                rows = torch.searchsorted(chunk, inference.queries[start:stop])
+                inference.add(slice(start, stop), logits[rows], mask_prob[rows])
+
+
 class MaskFormerPostProcessor:
     @configurable
     def __init__(
@@ -169,7 +335,6 @@ class MaskFormerPostProcessor:
         """
         processed_results = []
         for mask_cls, mask_pred, image_size, output_size in zip(pred_logits, pred_masks, image_sizes, output_sizes):
-            result = {}
             # Masks are predicted at stride 4: upsampled to the padded size, then to the output size if the
             # inference is to be taken there.
             if self.sem_seg_postprocess_before_inference:
@@ -177,138 +342,46 @@ class MaskFormerPostProcessor:
                 mask_cls = mask_cls.to(mask_pred)
             else:
                 masks = QueryMasks(mask_pred, padded_size)
-            if self.semantic_on:
-                sem_seg = retry_if_cuda_oom(self.semantic_inference)(mask_cls, masks)
-                if not self.sem_seg_postprocess_before_inference:
-                    sem_seg = retry_if_cuda_oom(sem_seg_postprocess)(sem_seg, image_size, *output_size)
-                result["sem_seg"] = sem_seg
-            if self.panoptic_on:
-                result["panoptic_seg"] = retry_if_cuda_oom(self.panoptic_inference)(mask_cls, masks)
-            if self.instance_on:
-                result["instances"] = retry_if_cuda_oom(self.instance_inference)(mask_cls, masks)
+            result = retry_if_cuda_oom(self.inference)(mask_cls, masks)
+            if self.semantic_on and not self.sem_seg_postprocess_before_inference:
+                result["sem_seg"] = retry_if_cuda_oom(sem_seg_postprocess)(result["sem_seg"], image_size, *output_size)
             processed_results.append(result)
         return processed_results
+
+    def inference(self, mask_cls: torch.Tensor, masks: Masks) -> dict:
+        """(Q, K+1) logits and (Q, H, W) mask logits -> the enabled results ("sem_seg", "panoptic_seg",
+        "instances"), made in one pass over the masks."""
+        masks = QueryMasks.of(masks)
+        inferences = {}
+        if self.semantic_on:
+            inferences["sem_seg"] = SemanticScores(mask_cls)
+        if self.panoptic_on:
+            inferences["panoptic_seg"] = PanopticMerge(self, mask_cls, masks.size)
+        if self.instance_on:
+            inferences["instances"] = TopInstances(self, mask_cls, masks.size)
+        infer(list(inferences.values()), masks)
+        return {name: inference.result() for name, inference in inferences.items()}
 
     @staticmethod
     def semantic_inference(mask_cls: torch.Tensor, masks: Masks) -> torch.Tensor:
         """(Q, K+1) logits and (Q, H, W) mask logits -> (K, H, W) class scores."""
-        masks = QueryMasks.of(masks)
-        class_prob = F.softmax(mask_cls, dim=-1)[..., :-1]
-        sem_seg = None
-        for queries, logits in masks.chunks():
-            mask_prob = logits.sigmoid()
-            if sem_seg is None:
-                sem_seg = torch.einsum("qc,qhw->chw", class_prob[queries], mask_prob)
-            else:
-                # a view (never a copy, which would drop the sum): einsum's result is contiguous
-                sem_seg.view(len(sem_seg), -1).addmm_(class_prob[queries].t(), mask_prob.flatten(1))
-        return sem_seg
+        semantic = SemanticScores(mask_cls)
+        infer([semantic], QueryMasks.of(masks))
+        return semantic.result()
 
-    def _is_thing(self, contiguous_id: int) -> bool:
+    def is_thing(self, contiguous_id: int) -> bool:
         return contiguous_id in self.metadata.thing_dataset_id_to_contiguous_id.values()
 
     def panoptic_inference(self, mask_cls: torch.Tensor, masks: Masks) -> Tuple[torch.Tensor, List[dict]]:
         """Returns the (H, W) int32 segment-id map (0: void) and segments_info (id, isthing, category_id)."""
         masks = QueryMasks.of(masks)
-        scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-        keep = labels.ne(self.num_classes) & (scores > self.object_mask_threshold)
-        kept = keep.nonzero().squeeze(1)
-        cur_scores = scores[kept]
-        cur_classes = labels[kept].tolist()
-
-        h, w = masks.size
-        panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_cls.device)
-        segments_info = []
-        if len(kept) == 0:
-            return panoptic_seg, segments_info
-
-        # Each pixel goes to the kept query with the highest score * mask probability (the first one on ties,
-        # as argmax): a running maximum over chunks of queries. Its segment keeps the pixel if the winner's
-        # probability there is >= 0.5.
-        best = winner = winner_in_mask = None
-        own_area = torch.zeros(len(kept), dtype=torch.int64, device=mask_cls.device)
-        for queries, logits in masks.chunks(kept):
-            mask_prob = logits.sigmoid()
-            in_mask = mask_prob >= 0.5
-            own_area[queries] = in_mask.flatten(1).sum(1)
-            chunk_best, chunk_winner = mask_prob.mul_(cur_scores[queries].view(-1, 1, 1)).max(0)
-            chunk_in_mask = in_mask.gather(0, chunk_winner[None])[0]
-            del mask_prob, in_mask
-            chunk_winner += queries.start
-            if best is None:
-                best, winner, winner_in_mask = chunk_best, chunk_winner, chunk_in_mask
-                continue
-            better = chunk_best > best
-            torch.where(better, chunk_best, best, out=best)
-            torch.where(better, chunk_winner, winner, out=winner)
-            torch.where(better, chunk_in_mask, winner_in_mask, out=winner_in_mask)
-            del better, chunk_best, chunk_winner, chunk_in_mask
-        del best
-        won_area = torch.bincount(winner.flatten(), minlength=len(kept)).tolist()
-        # the winner where it keeps the pixel, else len(kept) (void)
-        winner = torch.where(winner_in_mask, winner, len(kept))
-        del winner_in_mask
-        kept_area = torch.bincount(winner.flatten(), minlength=len(kept) + 1)[:-1].tolist()
-        own_area = own_area.tolist()
-
-        # Segment id of each kept query (0: dropped); queries own disjoint pixels, so one lookup paints all.
-        segment_ids = [0] * (len(kept) + 1)
-        current_segment_id = 0
-        stuff_segment_ids: Dict[int, int] = {}
-        for k, pred_class in enumerate(cur_classes):
-            is_thing = self._is_thing(pred_class)
-            if won_area[k] == 0 or own_area[k] == 0 or kept_area[k] == 0:
-                continue
-            # drop queries that lose too much of their own mask to others
-            if won_area[k] / own_area[k] < self.overlap_threshold:
-                continue
-            if not is_thing and pred_class in stuff_segment_ids:
-                # one segment per stuff class
-                segment_ids[k] = stuff_segment_ids[pred_class]
-                continue
-            current_segment_id += 1
-            if not is_thing:
-                stuff_segment_ids[pred_class] = current_segment_id
-            segment_ids[k] = current_segment_id
-            segments_info.append({"id": current_segment_id, "isthing": is_thing, "category_id": pred_class})
-        panoptic_seg = torch.tensor(segment_ids, dtype=torch.int32, device=mask_cls.device)[winner]
-        return panoptic_seg, segments_info
+        panoptic = PanopticMerge(self, mask_cls, masks.size)
+        infer([panoptic], masks)
+        return panoptic.result()
 
     def instance_inference(self, mask_cls: torch.Tensor, masks: Masks) -> Instances:
         """Top TEST.DETECTIONS_PER_IMAGE (query, class) pairs; with panoptic on, only thing classes."""
         masks = QueryMasks.of(masks)
-        num_classes = self.num_classes
-        num_queries = mask_cls.shape[0]
-        scores = F.softmax(mask_cls, dim=-1)[:, :-1]
-        labels = torch.arange(num_classes, device=mask_cls.device).unsqueeze(0).repeat(num_queries, 1).flatten(0, 1)
-        topk = min(self.test_topk_per_image, scores.numel())
-        scores_per_image, topk_indices = scores.flatten(0, 1).topk(topk, sorted=False)
-        labels_per_image = labels[topk_indices]
-        query_per_image = topk_indices // num_classes
-        if self.panoptic_on:
-            keep = torch.tensor(
-                [self._is_thing(int(lab)) for lab in labels_per_image], dtype=torch.bool, device=mask_cls.device
-            )
-            scores_per_image = scores_per_image[keep]
-            labels_per_image = labels_per_image[keep]
-            query_per_image = query_per_image[keep]
-
-        # A query in several (query, class) pairs is upsampled once; only these queries are.
-        queries, pair_query = query_per_image.unique(return_inverse=True)
-        h, w = masks.size
-        binary_masks = torch.zeros((len(query_per_image), h, w), dtype=torch.bool, device=mask_cls.device)
-        mask_scores = torch.zeros(len(queries), dtype=scores.dtype, device=mask_cls.device)
-        for chunk, logits in masks.chunks(queries):
-            binary = logits > 0
-            # Score = class probability * mean mask probability inside the predicted mask.
-            flat = binary.flatten(1)
-            mask_scores[chunk] = (logits.sigmoid().flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
-            pairs = ((pair_query >= chunk.start) & (pair_query < chunk.stop)).nonzero().squeeze(1)
-            binary_masks[pairs] = binary[pair_query[pairs] - chunk.start]
-
-        result = Instances((h, w))
-        result.pred_masks = binary_masks
-        result.pred_boxes = BitMasks(binary_masks).get_bounding_boxes()
-        result.scores = scores_per_image * mask_scores[pair_query]
-        result.pred_classes = labels_per_image
-        return result
+        instances = TopInstances(self, mask_cls, masks.size)
+        infer([instances], masks)
+        return instances.result()

@@ -177,3 +177,34 @@ def test_query_masks_move_like_tensors_for_retry_if_cuda_oom():
     (_, expected), = masks.chunks()
     (_, actual), = moved.chunks()
     assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("semantic", [True, False])
+def test_each_needed_query_is_upsampled_once_for_all_results(monkeypatch, semantic):
+    """One pass feeds semantic, panoptic and instance results: every query is upsampled once with semantic
+    results on; without them only the kept and top queries are, once each, although they overlap. (An output
+    size with H + W > 128, where chunks hold the very values of the whole computation: see QueryMasks.)"""
+    monkeypatch.setattr(postprocessing, "CHUNK_ELEMENTS", 3 * 70 * 66)
+    upsampled = []
+    at_output_size = postprocessing.QueryMasks._at_output_size
+
+    def counting(self, masks):
+        upsampled.append(len(masks))
+        return at_output_size(self, masks)
+
+    monkeypatch.setattr(postprocessing.QueryMasks, "_at_output_size", counting)
+    processor = _postprocessor(semantic=semantic, topk=10)
+    logits, masks = _random_outputs(12, (8, 8), seed=4)
+    (result,) = processor(logits[None], masks[None], [(30, 31)], [(70, 66)], (32, 32))
+    monkeypatch.setattr(postprocessing.QueryMasks, "_at_output_size", at_output_size)
+    kept = set(postprocessing.PanopticMerge(processor, logits, (70, 66)).queries.tolist())
+    top = set(postprocessing.TopInstances(processor, logits, (70, 66)).queries.tolist())
+    assert kept & top and kept - top and top - kept  # the two overlap, and neither holds the other
+    assert sum(upsampled) == (12 if semantic else len(kept | top))
+    assert max(upsampled) <= 3
+    reference = _reference(processor, logits, masks, (32, 32), (30, 31), (70, 66))
+    if semantic:
+        _check_equal(result, reference)
+    else:
+        assert torch.equal(result["panoptic_seg"][0], reference[1][0]) and "sem_seg" not in result
+        assert torch.equal(result["instances"].pred_masks, reference[2]["masks"])
