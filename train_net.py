@@ -49,6 +49,7 @@ from dinat_m2f.engine import (
     launch_from_environment,
     preserved_rng_states,
     process_group_timeout,
+    reuse_freed_memory,
     started_by_torchrun,
 )
 from dinat_m2f.evaluation import build_evaluator, check_ground_truth_files
@@ -202,6 +203,7 @@ def setup(args) -> CfgNode:
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dinat_m2f")
     logger.info("Running on %s with %d torch threads per process", cfg.MODEL.DEVICE, torch.get_num_threads())
+    reuse_freed_memory()
     if comm.get_world_size() > 1:
         logger.info(
             "Process group: %s backend, world size %d, timeout %s",

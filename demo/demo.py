@@ -47,6 +47,7 @@ from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 import dinat_m2f  # noqa: E402,F401  (registers the model)
 import dinat_m2f.data  # noqa: E402,F401  (registers the datasets)
 from dinat_m2f.config import load_project_config  # noqa: E402
+from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 WINDOW_NAME = "dinat-m2f"
@@ -199,6 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     paths, empty = expand_inputs(args.input)
     if not paths and not args.video_input:
         raise SystemExit(f"No image in {' '.join(args.input)}")
+    reuse_freed_memory()
     predictor = Predictor(setup_cfg(args), exported=args.onnx or args.pt2)
 
     skipped = len(empty)

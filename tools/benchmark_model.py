@@ -20,7 +20,9 @@ compiles. MODEL.CHANNELS_LAST True (a trailing override) puts the convolutions' 
 Training (--train) runs optimizer steps on --train-batch random LSJ-sized images with generated instance targets,
 under autocast in --precision, as train_net.py does. Weights are random unless MODEL.WEIGHTS is given: speed does
 not depend on them. --ceiling first prints the machine's float32 matrix-product rate (a 4096^3 product and the
-model's linear-layer shapes), the arithmetic limit the model's time compares with.
+model's linear-layer shapes), the arithmetic limit the model's time compares with. Freed host memory is kept for
+reuse (dinat_m2f.engine.reuse_freed_memory), as train_net.py and the demo do; --default-malloc leaves glibc's
+thresholds as they are, the comparison row.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from detectron2.structures import Instances
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dinat_m2f  # noqa: E402,F401  (registers the model and the datasets)
 from dinat_m2f.config import load_project_config  # noqa: E402
+from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 from dinat_m2f.export import ExportedMaskFormer, export_onnx, export_pt2  # noqa: E402
 
 # Exported backends: file name suffix and exporter.
@@ -124,6 +127,8 @@ def _matmul_ceiling(threads: int, repeats: int = 5) -> None:
 def _time_inference(spec: dict) -> dict:
     """Seconds per image and peak memory of one backend (run in a fresh process)."""
     torch.set_num_threads(spec["threads"])
+    if not spec["default_malloc"]:
+        reuse_freed_memory()
     cfg = _load_cfg(spec["config_file"], spec["opts"], spec["device"])
     device = torch.device(spec["device"])
     if spec["backend"] == "eager":
@@ -169,6 +174,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--ceiling", action="store_true",
                         help="first print this machine's float32 matrix-product rate (CPU)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (as DINAT_M2F_DEFAULT_MALLOC=1 does for train_net.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
     backends = args.backends.split(",")
@@ -185,6 +192,8 @@ def main() -> None:
     if args.ceiling:
         _matmul_ceiling(args.threads)
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        reuse_freed_memory()  # this process trains (--train); each inference worker sets it for itself
     cfg = _load_cfg(args.config_file, args.opts, args.device)
     if exported and cfg.MODEL.COMPILE.ENABLED:
         raise SystemExit("MODEL.COMPILE.ENABLED applies to the eager model: leave it off for --backends "
@@ -217,7 +226,7 @@ def main() -> None:
     for backend in backends:
         spec = dict(backend=backend, file=str(files.get(backend, "")), config_file=args.config_file,
                     opts=args.opts, device=args.device, precision=args.precision, size=(height, width),
-                    batch=args.batch, images=args.images, threads=args.threads)
+                    batch=args.batch, images=args.images, threads=args.threads, default_malloc=args.default_malloc)
         with context.Pool(1) as pool:
             row = pool.apply(_time_inference, (spec,))
         print(f"| inference | {backend} | {args.batch} x {height}x{width} | {args.precision} | "

@@ -1,6 +1,7 @@
 """Trainer pieces: optimizer groups, LR schedules (incl. WarmupPolyLR), the mixed-precision training step,
-a launch that also runs CPU processes over gloo or under torchrun, the state an exact resume needs, and
-semantic test-time augmentation."""
+a launch that also runs CPU processes over gloo or under torchrun, the state an exact resume needs,
+semantic test-time augmentation, and the reuse of freed host memory."""
+from .host_memory import reuse_freed_memory
 from .launch import create_ddp_model, launch, launch_from_environment, process_group_timeout, started_by_torchrun
 from .lr_scheduler import PolyParamScheduler, build_lr_scheduler
 from .optimizer import build_optimizer, get_param_groups
@@ -24,6 +25,7 @@ __all__ = [
     "preserved_rng_states",
     "process_group_timeout",
     "restore_rng_states",
+    "reuse_freed_memory",
     "ResumeStateHook",
     "seeded_rng",
     "SemanticSegmentorWithTTA",
