@@ -259,6 +259,7 @@ def infer(inferences: Sequence[Inference], masks: QueryMasks) -> None:
             else:
                 rows = torch.searchsorted(chunk, inference.queries[start:stop])
                 inference.add(slice(start, stop), logits[rows], mask_prob[rows])
+        del logits, mask_prob  # freed before the next chunk is made: one chunk at a time
 
 
 class MaskFormerPostProcessor:
