@@ -17,6 +17,9 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 MODULE = Path(__file__).resolve().parents[2] / "dinat_m2f" / "engine" / "host_memory.py"
 TENSOR_MB = 64
 PAGES = TENSOR_MB * 2 ** 20 // 4096
+# Rounds of the pattern, and the first ones left out: with the setting the heap settles after 1 to 4 rounds
+# (seen here; under load now and then a later round faults once more), glibc's defaults fault every round.
+ROUNDS, SETTLING = 16, 4
 # The module alone, loaded from its file: the package's imports would take most of each process's time.
 SCRIPT = f"""
 import importlib.util, json, resource, torch
@@ -26,6 +29,7 @@ spec.loader.exec_module(host_memory)
 reuse_freed_memory = host_memory.reuse_freed_memory
 torch.set_num_threads(1)
 x = torch.ones({TENSOR_MB} * 2 ** 20 // 4)
+ROUNDS, SETTLING = {ROUNDS}, {SETTLING}
 
 def faults_of_three_temporaries():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -37,7 +41,7 @@ def faults_of_three_temporaries():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 def faults_once_settled():  # the heap grows for the first rounds until the pattern fits in what was freed
-    return [faults_of_three_temporaries() for _ in range(8)][-1]
+    return [faults_of_three_temporaries() for _ in range(ROUNDS)][SETTLING:]
 
 default = faults_once_settled()
 applied = reuse_freed_memory()
@@ -61,9 +65,11 @@ def _transparent_huge_pages_always() -> bool:
 def test_freed_temporaries_are_reused_without_page_faults():
     run = _run()
     assert run["applied"] is True
-    assert run["faults"] < PAGES // 20
+    settled_rounds = ROUNDS - SETTLING
+    # At most one round in ten faults in a tensor's pages again (none, mostly).
+    assert sum(run["faults"]) < settled_rounds * PAGES // 10, run
     if not _transparent_huge_pages_always():  # with 2 MB pages glibc's defaults fault 512x less: no contrast
-        assert run["default"] > PAGES // 2
+        assert min(run["default"]) > PAGES // 2, run
 
 
 @pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "131072"}, {"DINAT_M2F_DEFAULT_MALLOC": "1"}])
@@ -71,4 +77,4 @@ def test_glibc_settings_from_the_environment_or_the_opt_out_are_kept(env):
     run = _run(**env)
     assert run["applied"] is False
     if not _transparent_huge_pages_always():
-        assert run["faults"] > PAGES // 2
+        assert min(run["faults"]) > PAGES // 2, run
