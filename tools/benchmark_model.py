@@ -189,11 +189,14 @@ def main() -> None:
         raise SystemExit(f"--backends {','.join(exported)}: exported networks run float32 on the CPU, one image "
                          "per call (--device cpu --precision float32 --batch 1)")
 
-    if args.ceiling:
-        _matmul_ceiling(args.threads)
     torch.set_num_threads(args.threads)
     if not args.default_malloc:
-        reuse_freed_memory()  # this process trains (--train); each inference worker sets it for itself
+        # This process measures the ceiling and trains (--train); each inference worker sets it for itself.
+        # Without it the ceiling's products fault their outputs in afresh (66 against about 95 GFLOP/s at
+        # stage 1's qkv shape on the slower VM of the README).
+        reuse_freed_memory()
+    if args.ceiling:
+        _matmul_ceiling(args.threads)
     cfg = _load_cfg(args.config_file, args.opts, args.device)
     if exported and cfg.MODEL.COMPILE.ENABLED:
         raise SystemExit("MODEL.COMPILE.ENABLED applies to the eager model: leave it off for --backends "

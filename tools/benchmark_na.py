@@ -16,12 +16,19 @@ memory stays per row (allocator statistics), while CPU peak memory then includes
     python tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,gather --image 1024,800x1216 \
         --one-process
     python tools/benchmark_na.py --before 7d345fa --rounds 4     # the tiled op of another revision against this one
+    python tools/benchmark_na.py --kernel-floor                  # the tiled forward against its attention kernel alone
 
 --before REV compares the tiled backend of git revision REV (its neighborhood_attention package, `git archive`d
 into a temporary folder, its custom ops renamed so both load) with this checkout's, in one process, the two
 alternated --rounds times per row, q, k, v laid out as NeighborhoodAttention2D makes them (views of one qkv
 tensor). On a shared machine whose speed drifts, alternating in one process is what makes the two comparable;
 separate runs of the table above differed by up to 50% between runs of the same code here.
+
+--kernel-floor measures what bounds the tiled forward on this machine, in one process (float32, RPB, q, k, v as
+NeighborhoodAttention2D makes them): the whole op, and its fused attention calls alone (each chunk's
+scaled_dot_product_attention on blocks gathered beforehand, the same chunks and masks), with the scores those
+blocks hold (against the exact k*k per query), the kernel's CPU time per score, and the arithmetic floor: the
+exact window's 4 * D flops per score at the machine's float32 matrix rate (a 4096^3 product, measured first).
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
 
@@ -171,6 +179,77 @@ def _compare_revisions(revision: str, rows: list, rounds: int, repeats: int, thr
             print(f"| {height}x{width} | {heads} | {dilation} | " + " | ".join(cells) + " |", flush=True)
 
 
+def kernel_calls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor | None, dilation: int,
+                 kernel_size: int = 11) -> list[tuple]:
+    """The tiled forward's attention calls for one image, with their inputs gathered: (q blocks, k blocks,
+    v blocks, mask, query positions) per chunk, the op's own chunks, in float32."""
+    from dinat_m2f.layers.neighborhood_attention import tiled
+    from dinat_m2f.layers.neighborhood_attention.plan import plan_2d
+
+    batch, heads, height, width, dim = q.shape
+    plan = plan_2d(height, width, kernel_size, dilation, q.device)
+    masks = [tiled._attention_mask(rpb, pair, torch.float32, batch) for pair in plan.pairs]
+    rows = [tiled._gatherable(tiled.to_rows(t)) for t in (q, k, v)]
+    cost = lambda queries, keys: (queries + 2 * keys) * dim  # noqa: E731  (as the op chunks its gathers)
+    calls = []
+    for number, (tq, tk), n, q_index, k_index, _ in tiled._chunks(plan, batch, heads, tiled.GATHER_BUDGET, cost):
+        blocks = [tiled._gather(r, index, n, size, batch).flatten(0, 1)
+                  for r, index, size in zip(rows, (q_index, k_index, k_index), (tq, tk, tk))]
+        calls.append((*blocks, masks[number], q_index))
+    return calls
+
+
+def _kernel_floor(rows: list, repeats: int, threads: int) -> None:
+    """The tiled forward against its fused attention calls alone on pre-gathered blocks (see the docstring)."""
+    from dinat_m2f.engine import reuse_freed_memory
+    from dinat_m2f.layers import na2d
+
+    torch.set_num_threads(threads)
+    reuse_freed_memory()  # as train_net.py and the demo run: no page faults of fresh temporaries in the times
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    rate = 2 * 4096 ** 3 / _best(lambda: a @ b, 3)[0]
+    print(f"tiled na2d forward and its attention kernel alone, kernel 11, head dim 32, RPB, float32, batch 1, torch "
+          f"{torch.__version__}, cpu ({platform.processor() or platform.machine()}), {threads} threads, best of "
+          f"{repeats}; float32 matrix rate {rate / 1e9:.0f} GFLOP/s (4096^3)")
+    print("| map | heads | dilation | forward ms | attention kernel alone ms | its share | scores in tiles, M "
+          "| exact scores, M | kernel CPU ns per score | arithmetic floor ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for _, height, width, heads, dilation in rows:
+        if min(height, width) < 11:
+            continue
+        qkv = torch.randn(1, height, width, 3, heads, 32)
+        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+        rpb = torch.randn(heads, 21, 21)
+        with torch.no_grad():
+            forward = _best(lambda: na2d(q, k, v, 11, dilation, rpb, backend="tiled"), repeats)[0]
+            calls = kernel_calls(q, k, v, rpb, dilation)
+            scores = sum(q_blocks.shape[0] * q_blocks.shape[1] * q_blocks.shape[2] * k_blocks.shape[2]
+                         for q_blocks, k_blocks, *_ in calls)
+
+            def kernel_alone():
+                for q_blocks, k_blocks, v_blocks, mask, _ in calls:
+                    F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask, scale=1.0)
+
+            alone, alone_cpu = _best(kernel_alone, repeats)
+        exact = heads * height * width * 121
+        cells = [f"{height}x{width}", str(heads), str(dilation), f"{forward * 1e3:.1f}", f"{alone * 1e3:.1f}",
+                 f"{alone / forward:.0%}", f"{scores / 1e6:.1f}", f"{exact / 1e6:.1f}",
+                 f"{alone_cpu / scores * 1e9:.2f}", f"{4 * 32 * exact / rate * 1e3:.1f}"]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def _best(fn, repeats: int) -> tuple[float, float]:
+    """Best wall time and best CPU time (all threads) of `repeats` calls after a warm-up call."""
+    fn()
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - start_cpu)
+    return best, best_cpu
+
+
 def _image_sizes(text: str) -> list[tuple[int, int]]:
     """"1024,800x1216" -> [(1024, 1024), (800, 1216)]."""
     sizes = []
@@ -199,6 +278,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file (rewritten after each row)")
     parser.add_argument("--before", metavar="REV", help="compare the tiled op of git revision REV with this one")
     parser.add_argument("--rounds", type=int, default=4, help="alternated rounds of --before")
+    parser.add_argument("--kernel-floor", action="store_true",
+                        help="the tiled forward against its attention kernel alone and the arithmetic floor")
     args = parser.parse_args()
     backends = args.backends or "tiled,gather" + (",natten" if natten_na2d() is not None else "")
 
@@ -211,6 +292,9 @@ def main() -> None:
             for image, height, width, heads, dilation in rows]
     if args.before:
         _compare_revisions(args.before, rows, args.rounds, args.repeats, args.threads)
+        return
+    if args.kernel_floor:
+        _kernel_floor(rows, args.repeats, args.threads)
         return
     for image, height, width, heads, dilation in rows:
         for dtype in args.dtypes.split(","):

@@ -36,3 +36,30 @@ def test_before_imports_a_revisions_tiled_op_beside_this_one(capsys):
     rpb = torch.randn(2, 21, 21)
     assert torch.ops.dinat_m2f_na_HEAD.na2d_tiled is not None
     torch.testing.assert_close(na_HEAD.na2d(q, k, v, 11, 1, rpb, backend="tiled"), na2d(q, k, v, 11, 1, rpb))
+
+
+def test_kernel_floor_times_exactly_the_tiled_forwards_attention_calls(capsys):
+    import torch
+    import torch.nn.functional as F
+
+    from dinat_m2f.layers import na2d
+
+    # A map with a group longer than the window (border and middle tiles) and one dilation group per axis of 2.
+    qkv = torch.randn(1, 30, 25, 3, 2, 8, generator=torch.Generator().manual_seed(0))
+    q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
+    rpb = torch.randn(2, 21, 21)
+    out = torch.empty(30 * 25, 2, 8)
+    for q_blocks, k_blocks, v_blocks, mask, q_index in benchmark_na.kernel_calls(q, k, v, rpb, dilation=2):
+        blocks = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask, scale=1.0)
+        heads, n, size, dim = blocks.shape
+        out.index_copy_(0, q_index, blocks.view(heads, n * size, dim).transpose(0, 1))
+    expected = na2d(q, k, v, 11, 2, rpb, backend="tiled")
+    torch.testing.assert_close(out.view(30, 25, 2, 8).permute(2, 0, 1, 3)[None], expected)
+
+    benchmark_na._kernel_floor([("tiny", 30, 25, 2, 2), ("too small for the window", 8, 8, 2, 1)], repeats=1,
+                               threads=1)
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 4 and table[3].startswith("| 30x25 | 2 | 2 | ")
+    cells = table[3].strip("|").split("|")
+    tiles, exact = float(cells[6]), float(cells[7])
+    assert exact == round(2 * 30 * 25 * 121 / 1e6, 1) and tiles >= exact
