@@ -5,6 +5,7 @@
     python tools/benchmark_model.py --device cuda --precision bfloat16 --size 800 1216 --train
     python tools/benchmark_model.py --device cuda --precision bfloat16 --size 800 1216 --compile --batch 4
     python tools/benchmark_model.py --backends eager,onnx,aoti        # CPU: PyTorch vs ONNX Runtime vs AOTInductor
+    python tools/benchmark_model.py --before 7d345fa --rounds 3       # the model of another revision against this one
 
 Inference runs the full model with the config's post-processing (panoptic, instance, semantic) on random
 images, --batch of them per call. --backends picks what runs the network: `eager` (the PyTorch model), `onnx`
@@ -23,14 +24,23 @@ not depend on them. --ceiling first prints the machine's float32 matrix-product 
 model's linear-layer shapes), the arithmetic limit the model's time compares with. Freed host memory is kept for
 reuse (dinat_m2f.engine.reuse_freed_memory), as train_net.py and the demo do; --default-malloc leaves glibc's
 thresholds as they are, the comparison row.
+--before REV times the eager model of git revision REV (its dinat_m2f and configs, `git archive`d into a temporary
+folder; nothing in the repository changes) and this checkout's, each in a fresh process, alternated --rounds times:
+on a shared machine whose speed drifts, alternating is what makes the two comparable. Each runs as its own
+train_net.py does: a revision from before dinat_m2f.engine.reuse_freed_memory runs with glibc's defaults (the
+table's allocator column says so).
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import platform
 import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,11 +48,18 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import dinat_m2f  # noqa: E402,F401  (registers the model and the datasets)
+REPO = Path(__file__).resolve().parents[1]
+# The package measured: this checkout's, or in a --before worker the revision's folder named by this variable.
+PACKAGE_ROOT_ENV = "DINAT_M2F_BENCHMARK_PACKAGE_ROOT"
+sys.path.insert(0, os.environ.get(PACKAGE_ROOT_ENV) or str(REPO))
+import dinat_m2f  # noqa: E402  (registers the model and the datasets)
 from dinat_m2f.config import load_project_config  # noqa: E402
-from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 from dinat_m2f.export import ExportedMaskFormer, export_onnx, export_pt2  # noqa: E402
+
+try:
+    from dinat_m2f.engine import reuse_freed_memory
+except ImportError:  # a --before revision from before the allocator setting: glibc's defaults, as it ran
+    reuse_freed_memory = None
 
 # Exported backends: file name suffix and exporter.
 EXPORTED = {
@@ -127,9 +144,13 @@ def _matmul_ceiling(threads: int, repeats: int = 5) -> None:
 def _time_inference(spec: dict) -> dict:
     """Seconds per image and peak memory of one backend (run in a fresh process)."""
     torch.set_num_threads(spec["threads"])
-    if not spec["default_malloc"]:
-        reuse_freed_memory()
-    cfg = _load_cfg(spec["config_file"], spec["opts"], spec["device"])
+    allocator = "glibc's defaults"
+    if not spec["default_malloc"] and reuse_freed_memory is not None and reuse_freed_memory():
+        allocator = "freed memory reused"
+    config_file = spec["config_file"]
+    if os.environ.get(PACKAGE_ROOT_ENV) and not Path(config_file).is_absolute():  # the revision's own config
+        config_file = str(Path(os.environ[PACKAGE_ROOT_ENV]) / config_file)
+    cfg = _load_cfg(config_file, spec["opts"], spec["device"])
     device = torch.device(spec["device"])
     if spec["backend"] == "eager":
         model = _build_model(cfg).eval()
@@ -152,7 +173,58 @@ def _time_inference(spec: dict) -> dict:
     cpu_per_image = (time.process_time() - start_cpu) / images
     # The whole process on CPU (weights, runtime and activations), allocations on CUDA.
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
-    return {"per_image": per_image, "cpu_per_image": cpu_per_image, "peak": peak}
+    return {"per_image": per_image, "cpu_per_image": cpu_per_image, "peak": peak, "allocator": allocator,
+            "package": dinat_m2f.__file__}
+
+
+def _archive(revision: str, folder: str) -> None:
+    """The revision's dinat_m2f package and configs, extracted into `folder`."""
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "dinat_m2f", "configs"],
+                                 capture_output=True, check=True).stdout
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"--before {revision}: git archive failed: {error.stderr.decode().strip()}") from None
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+
+
+def _compare_revisions(args, spec: dict) -> None:
+    """Eager inference of --before's revision and of this checkout, fresh processes, alternated --rounds times."""
+    context = mp.get_context("spawn")
+    height, width = args.size
+    print(f"{args.config_file}, {args.before} against this checkout, torch {torch.__version__}, {args.device} "
+          f"({platform.processor() or platform.machine()}), {args.threads} CPU threads, {args.precision}, "
+          f"{args.images} images after a warm-up, {args.rounds} alternated rounds")
+    print("| round | code | input | time | CPU time | peak memory MB | allocator |")
+    print("|---|---|---|---|---|---|---|")
+    rows: dict[str, list] = {args.before: [], "this checkout": []}
+    with tempfile.TemporaryDirectory() as folder:
+        _archive(args.before, folder)
+        roots = {args.before: folder, "this checkout": None}
+        for number in range(args.rounds):
+            for name in (list(roots) if number % 2 == 0 else list(roots)[::-1]):
+                previous = os.environ.pop(PACKAGE_ROOT_ENV, None)
+                if roots[name]:
+                    os.environ[PACKAGE_ROOT_ENV] = roots[name]  # read by the spawned worker as it starts
+                try:
+                    with context.Pool(1) as pool:
+                        row = pool.apply(_time_inference, (spec,))
+                finally:
+                    os.environ.pop(PACKAGE_ROOT_ENV, None)
+                    if previous is not None:
+                        os.environ[PACKAGE_ROOT_ENV] = previous
+                expected_root = Path(roots[name] or REPO).resolve()
+                if expected_root not in Path(row["package"]).resolve().parents:
+                    raise SystemExit(f"the {name} worker imported dinat_m2f from {row['package']}, not {expected_root}")
+                rows[name].append(row)
+                print(f"| {number + 1} | {name} | {args.batch} x {height}x{width} | {row['per_image']:.3f} s/image | "
+                      f"{row['cpu_per_image']:.3f} s/image | {row['peak']:.0f} | {row['allocator']} |", flush=True)
+    print("\n| code | time, best / median | CPU time, median | peak memory MB, median |")
+    print("|---|---|---|---|")
+    for name, measured in rows.items():
+        times = [r["per_image"] for r in measured]
+        print(f"| {name} | {min(times):.3f} / {statistics.median(times):.3f} s/image | "
+              f"{statistics.median(r['cpu_per_image'] for r in measured):.3f} s/image | "
+              f"{statistics.median(r['peak'] for r in measured):.0f} |")
 
 
 def main() -> None:
@@ -176,6 +248,8 @@ def main() -> None:
                         help="first print this machine's float32 matrix-product rate (CPU)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (as DINAT_M2F_DEFAULT_MALLOC=1 does for train_net.py)")
+    parser.add_argument("--before", metavar="REV", help="compare the eager model of git revision REV with this one")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of --before")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
     backends = args.backends.split(",")
@@ -189,6 +263,14 @@ def main() -> None:
         raise SystemExit(f"--backends {','.join(exported)}: exported networks run float32 on the CPU, one image "
                          "per call (--device cpu --precision float32 --batch 1)")
 
+    if args.before:
+        if exported or args.train or args.compile or args.ceiling:
+            raise SystemExit("--before times eager inference only: no --backends, --train, --compile, --ceiling")
+        _compare_revisions(args, dict(backend="eager", file="", config_file=args.config_file, opts=args.opts,
+                                      device=args.device, precision=args.precision, size=tuple(args.size),
+                                      batch=args.batch, images=args.images, threads=args.threads,
+                                      default_malloc=args.default_malloc))
+        return
     torch.set_num_threads(args.threads)
     if not args.default_malloc:
         # This process measures the ceiling and trains (--train); each inference worker sets it for itself.
