@@ -85,16 +85,7 @@ def _measure(spec: dict) -> dict:
 
     def timed(fn) -> tuple[float, float]:
         """Best wall time and best CPU time (of all threads; competing processes inflate it less)."""
-        fn()
-        sync()
-        best, best_cpu = float("inf"), float("inf")
-        for _ in range(spec["repeats"]):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            sync()
-            best = min(best, time.perf_counter() - start)
-            best_cpu = min(best_cpu, time.process_time() - start_cpu)
-        return best, best_cpu
+        return _best(lambda: (fn(), sync()), spec["repeats"])
 
     def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

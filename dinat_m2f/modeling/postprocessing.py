@@ -195,10 +195,9 @@ class TopInstances:
         num_classes = processor.num_classes
         device = mask_cls.device
         scores = F.softmax(mask_cls, dim=-1)[:, :-1]
-        labels = torch.arange(num_classes, device=device).unsqueeze(0).repeat(mask_cls.shape[0], 1).flatten(0, 1)
         topk = min(processor.test_topk_per_image, scores.numel())
         self.scores, topk_indices = scores.flatten(0, 1).topk(topk, sorted=False)
-        self.labels = labels[topk_indices]
+        self.labels = topk_indices % num_classes  # pair (query q, class c) is flat index q * K + c
         query_per_pair = topk_indices // num_classes
         if processor.panoptic_on:
             keep = torch.tensor([processor.is_thing(int(label)) for label in self.labels], dtype=torch.bool,
