@@ -1,4 +1,4 @@
-"""Shared test helpers: the reference fixtures live in ../shared/fixtures beside the project root."""
+"""Shared test helpers: the reference fixtures live in tests/fixtures (see its README)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from project_paths import FIXTURES
 def load_fixture(name: str):
     path = FIXTURES / name
     if not path.exists():
-        pytest.fail(f"reference fixture {path} is missing (shared/ must sit beside the project root)")
+        pytest.fail(f"reference fixture {path} is missing (tests/fixtures/README.md lists them)")
     return torch.load(path, weights_only=True)
 
 

@@ -1,4 +1,4 @@
-"""Where the tests find the project and the reference fixtures (../shared/fixtures beside the project root)."""
+"""Where the tests find the project and the reference fixtures (tests/fixtures, described in its README)."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def import_script(path: Path, name: str) -> ModuleType:

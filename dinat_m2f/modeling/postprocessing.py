@@ -1,6 +1,6 @@
 """Mask2Former's inference: semantic, panoptic and instance results from the network's outputs (pred_logits,
 pred_masks), the one post-processing of `MaskFormer` and of exported models (dinat_m2f.export).
-Rules: shared/specs/mask2former.md, "Inference".
+Rules: docs/MASK2FORMER.md, "Inference".
 
 Every decision is taken on the masks at the output size, as in Mask2Former, but no (Q, H, W) tensor of that size
 is made: `QueryMasks` upsamples a chunk of queries at a time (CHUNK_ELEMENTS values), and one pass over the chunks

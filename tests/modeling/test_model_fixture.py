@@ -1,5 +1,5 @@
 """The Mask2Former-DiNAT model against the original implementation's numbers
-(shared/fixtures/m2f_dinat_reference.pt: a small model run by the original code)."""
+(tests/fixtures/m2f_dinat_reference.pt: a small model run by the original code)."""
 import pytest
 import torch
 import yaml
@@ -14,7 +14,7 @@ from dinat_m2f.maskformer_model import MaskFormer
 from dinat_m2f.modeling.meta_arch.mask_former_head import MaskFormerHead
 
 FIXTURE_DATASET = "m2f_fixture_reference"
-LOGIT_TOL = 1e-3  # shared/fixtures/README.md: features and logits
+LOGIT_TOL = 1e-3  # tests/fixtures/README.md: features and logits
 SCORE_TOL = 1e-4  # instance scores
 
 

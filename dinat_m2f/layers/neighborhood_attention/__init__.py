@@ -11,7 +11,7 @@
     functional.py  na2d(q, k, v, kernel_size, dilation=1, rpb=None): checks, then the chosen backend
     module.py      NeighborhoodAttention2D, the channels-last layer of the DiNAT checkpoints
 
-Index rules: shared/specs/neighborhood_attention.md.
+Index rules: docs/NEIGHBORHOOD_ATTENTION.md.
 """
 from .dispatch import BACKEND_ENV, BACKENDS, PRIORITY, na_backend, select_backend
 from .functional import na2d

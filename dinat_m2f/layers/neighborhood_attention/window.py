@@ -4,7 +4,7 @@ backend and by `na2d_reference`: which keys a query attends to, and which RPB sl
 Along an axis of length L with kernel k and dilation d, position i is member p = i // d of dilation group
 r = i % d, a group of L_r = ceil((L - r) / d) members. Its window is the k consecutive members of its group
 starting at clamp(p - k//2, 0, L_r - k): shifted at the borders, never truncated, each group clamped against
-its own length. The key at member m uses RPB slot (k - 1) + m - p. Spec: shared/specs/neighborhood_attention.md,
+its own length. The key at member m uses RPB slot (k - 1) + m - p. Spec: docs/NEIGHBORHOOD_ATTENTION.md,
 sections 1-2; the two axes of a 2-D map are independent.
 """
 from __future__ import annotations

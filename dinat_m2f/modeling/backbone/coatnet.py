@@ -82,7 +82,7 @@ def _variant(cfg: dict) -> dict:
     return {"cfg": cfg, "img_size": [224, 224]}
 
 
-# Released timm weights (ImageNet top-1 in shared/specs/backbones.md) and the paper's C0-C3.
+# Released timm weights (ImageNet top-1 in docs/BACKBONES.md) and the paper's C0-C3.
 VARIANTS: dict[str, dict] = {
     "coatnet_0_rw_224": _variant(_rw_cfg([96, 192, 384, 768], [2, 3, 7, 2], [32, 64], stride_mode="pool",
                                          attn_early=True, se_act="relu", shortcut_bias=False)),

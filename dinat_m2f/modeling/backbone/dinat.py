@@ -2,7 +2,7 @@
 NAT (Hassani et al., 2022) is the same network with every dilation 1.
 
 Module and parameter names follow the original implementation so that the ImageNet and the
-Mask2Former-DiNAT checkpoints load unchanged (see shared/specs/mask2former.md, Backbone section).
+Mask2Former-DiNAT checkpoints load unchanged (see docs/MASK2FORMER.md, Backbone section).
 `VARIANTS` / `build_variant(name)` give the papers' ImageNet models, `from_reference_config(config)` builds
 the D2 backbone from the reference constructor's arguments, and `imagenet_dilations` / `gradual_dilations`
 derive each level's dilations from an input size.
@@ -30,7 +30,7 @@ def max_dilations(size: int, kernel_size: int, num_levels: int = 4) -> list[int]
 
 def imagenet_dilations(depths: Sequence[int], kernel_size: int = 7, size: int = 224) -> list[list[int]]:
     """The ImageNet models' rule: plain NA on the first block of each pair, the level's largest dilation on
-    the second. At 224 with kernel 7 that is 8, 4, 2, 1 (shared/specs/mask2former.md)."""
+    the second. At 224 with kernel 7 that is 8, 4, 2, 1 (docs/MASK2FORMER.md)."""
     return [[1 if j % 2 == 0 else dilation for j in range(depth)]
             for depth, dilation in zip(depths, max_dilations(size, kernel_size, len(depths)))]
 

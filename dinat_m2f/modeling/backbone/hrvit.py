@@ -1,7 +1,7 @@
 """HRViT: multi-scale high-resolution vision transformer (Gu et al., CVPR 2022) as a detectron2 backbone.
 
 Parameter names follow the reference (facebookresearch/HRViT ``models/hrvit.py``, whose code is CC-BY-NC; this
-module is written from the facts in shared/specs/backbones.md and the fixture README, no code is copied):
+module is written from the facts in docs/BACKBONES.md (HRViT), no code is copied):
 ``stem.*``, then ``features.{2k}`` = module k's fusion and ``features.{2k+1}`` = its stage, so a reference
 state_dict without its classification ``head.*`` loads strictly. The reference constructor's arguments build
 the same model with `from_reference_config`; the released layouts are `VARIANTS` (``hrvit_b1..b3``).

@@ -1,7 +1,7 @@
 """LaViT ("You Only Need Less Attention at Each Stage in Vision Transformers", CVPR 2024) as a detectron2
 backbone.
 
-No code or weights of LaViT were released; this module implements the paper's text (shared/specs/backbones.md)
+No code or weights of LaViT were released; this module implements the paper's text (docs/BACKBONES.md, LaViT)
 and is this project's design where the text leaves gaps. The four parts, as stated:
 
 1. Vanilla-attention (VA) layers: multi-head self-attention whose pre-softmax scores A = Q K^T / sqrt(d) are

@@ -5,7 +5,7 @@ and adds an MLP of 1x1 convolutions. Parameter names follow microsoft/SPACH `mod
 (`patch_embed.*`, `layers.i.blocks.j.*`, `layers.i.downsample.*`), so its ImageNet checkpoints load once the
 classifier's `norm.*` / `head.*` are dropped (tools/convert-pretrained-model-to-d2.py --arch shiftvit).
 res2..res5 are each stage's output before its downsample, through added channels-last LayerNorms
-`norm0..norm3` (shared/specs/backbones.md, shared/fixtures/README.md section 2).
+`norm0..norm3` (docs/BACKBONES.md, ShiftViT).
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ class D2ShiftViT(ShiftViT, Backbone):
         return 32
 
 
-# SPACH's registry variants (shared/fixtures/backbone_manifests.json `constructor`; light_small from
+# SPACH's registry variants (tests/fixtures/backbone_manifests.json `constructor`; light_small from
 # specs/backbones.md). drop_path_rate is a training choice and not part of these: without one, the reference
 # default (0.1) applies.
 VARIANTS: dict[str, dict] = {

@@ -2,8 +2,8 @@
 
 Config keys (`MODEL.SWIN.*`), module and parameter names follow Mask2Former's D2 backbone, so that its
 released segmentation checkpoints (`model_final_*.pkl`) and the converted ImageNet Swin checkpoints load
-unchanged (shared/specs/backbones.md, Swin section). The D2 version differs from the classification Swin in
-ways that change the numbers, reproduced here (shared/fixtures/README.md, section 1):
+unchanged. The D2 version differs from the classification Swin in ways that change the numbers, reproduced
+here (docs/BACKBONES.md, Swin):
 - every block pads its map to a multiple of the window, and the padded tokens are not masked;
 - odd blocks always shift, even when the map is not larger than the window;
 - the shift mask (-100 between tokens of different regions) is built from the padded size of each stage.
