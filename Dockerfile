@@ -4,9 +4,9 @@
 #   docker run --gpus all --shm-size 8g -v /path/to/datasets:/datasets dinat-m2f \
 #       python train_net.py --config-file configs/coco/panoptic/dinat_l.yaml --num-gpus 8
 # The devel image is needed: detectron2 compiles CUDA ops, and torch.compile (FlexAttention) needs a
-# C compiler at run time. Another PyTorch devel tag works too: --build-arg BASE_IMAGE=... (the README says
+# C compiler at run time. Another PyTorch devel tag works too: --build-arg BASE_IMAGE=... (docs/INSTALL.md says
 # which torch versions the tests pass on). The image's torch is the base image's.
-# Offline or CPU-only (scripts/docker_smoke.sh does this; README "Docker"): a base with python, pip and torch,
+# Offline or CPU-only (scripts/docker_smoke.sh does this; docs/DOCKER.md): a base with python, pip and torch,
 # detectron2 and panopticapi as directories or archives under docker/local/ (DETECTRON2_SPEC, PANOPTICAPI_SPEC,
 # paths relative to the project root), FORCE_CUDA=0, APT_PACKAGES="" where Debian/Ubuntu mirrors are out of
 # reach, and PIP_* build arguments to point pip at a mirror or a wheel folder.

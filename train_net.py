@@ -25,15 +25,16 @@ from datetime import timedelta
 from typing import Any, Dict, List
 
 import torch
+
+import dinat_m2f  # noqa: F401  (before detectron2: registers everything; dinat_m2f/startup.py says why first)
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser, default_setup, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser, hooks
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.evaluation import DatasetEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import dinat_m2f  # noqa: F401  (registers the backbone, heads, meta-architecture, datasets)
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.config import load_project_config
 from dinat_m2f.data import build_mapper, build_train_loader
@@ -45,6 +46,7 @@ from dinat_m2f.engine import (
     build_lr_scheduler,
     build_optimizer,
     create_ddp_model,
+    default_setup,
     launch,
     launch_from_environment,
     preserved_rng_states,

@@ -33,19 +33,19 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 import tqdm
-from detectron2.config import CfgNode
-from detectron2.data.detection_utils import read_image
-from detectron2.utils.logger import setup_logger
-from detectron2.utils.video_visualizer import VideoVisualizer
-from detectron2.utils.visualizer import ColorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo/ modules, also when imported elsewhere
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the project, also when it is not installed
+import dinat_m2f  # noqa: E402,F401  (before detectron2: registers the model; dinat_m2f/startup.py says why first)
+import dinat_m2f.data  # noqa: E402,F401  (registers the datasets)
+from detectron2.config import CfgNode  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
+from detectron2.utils.visualizer import ColorMode  # noqa: E402
 from results import CategoryIds, write_results  # noqa: E402
 from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 
-import dinat_m2f  # noqa: E402,F401  (registers the model)
-import dinat_m2f.data  # noqa: E402,F401  (registers the datasets)
 from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 

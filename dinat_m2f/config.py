@@ -37,7 +37,7 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.SOLVER.AMP.PRECISION = "bfloat16"
 
     # Additions: torch.compile these MaskFormer submodules in place (Module.compile: parameter names unchanged),
-    # and conv weights channels-last. Both off: on the 2-core CPU of the README's measurements neither paid.
+    # and conv weights channels-last. Both off: on the 2-core CPU of docs/PERFORMANCE.md neither paid.
     cfg.MODEL.COMPILE = CN()
     cfg.MODEL.COMPILE.ENABLED = False
     cfg.MODEL.COMPILE.MODULES = ["backbone", "sem_seg_head"]

@@ -4,7 +4,7 @@
 # machine that builds it (pip trusts the same certificate authorities as that machine).
 # scripts/docker_smoke.sh builds it; by hand, with ca-certificates.crt in the build context:
 #   docker build -f docker/cpu-base.Dockerfile -t local/dinat-m2f-cpu-base CONTEXT_DIR
-# DEBIAN_IMAGE is a bookworm image, e.g. one made with debootstrap and `docker import` (see the README).
+# DEBIAN_IMAGE is a bookworm image, e.g. one made with debootstrap and `docker import` (see docs/DOCKER.md).
 ARG DEBIAN_IMAGE=local/debian:bookworm
 FROM ${DEBIAN_IMAGE}
 

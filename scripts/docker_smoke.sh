@@ -5,7 +5,7 @@
 #   bash scripts/docker_smoke.sh [BASE_IMAGE]
 # BASE_IMAGE (argument or env) is an image with python, pip and torch + torchvision. Default:
 # local/dinat-m2f-cpu-base, built first from docker/cpu-base.Dockerfile on DEBIAN_IMAGE (default
-# local/debian:bookworm, see the README for making it with debootstrap) with TORCH_SPEC (default "torch
+# local/debian:bookworm, see docs/DOCKER.md for making it with debootstrap) with TORCH_SPEC (default "torch
 # torchvision") and the CA bundle CA_BUNDLE (default: this machine's, /etc/ssl/certs/ca-certificates.crt).
 # Other env:
 #   PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST  passed to both builds when set

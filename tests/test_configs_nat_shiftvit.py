@@ -19,7 +19,7 @@ BACKBONES = {
     "dinat_t": (dinat, "dinat_tiny"), "dinat_s": (dinat, "dinat_small"), "dinat_b": (dinat, "dinat_base"),
     "shiftvit_t": (shiftvit, "shiftvit_r2_tiny"), "shiftvit_s": (shiftvit, "shiftvit_r2_small"),
 }
-# Whole-model parameter counts (tools/analyze_model.py; README's model zoo).
+# Whole-model parameter counts (tools/analyze_model.py; docs/BACKBONES.md).
 TOTAL_PARAMETERS = {
     "ade20k/semantic": {"nat_t": 47_185_533, "nat_s": 69_894_576, "nat_b": 108_788_259, "dinat_t": 47_185_533,
                         "dinat_s": 69_894_576, "dinat_b": 108_788_259, "shiftvit_t": 47_717_943,

@@ -275,7 +275,7 @@ def main() -> None:
     if not args.default_malloc:
         # This process measures the ceiling and trains (--train); each inference worker sets it for itself.
         # Without it the ceiling's products fault their outputs in afresh (66 against about 95 GFLOP/s at
-        # stage 1's qkv shape on the slower VM of the README).
+        # stage 1's qkv shape on the 2-core VM of docs/PERFORMANCE.md).
         reuse_freed_memory()
     if args.ceiling:
         _matmul_ceiling(args.threads)

@@ -1,12 +1,14 @@
 """Trainer pieces: optimizer groups, LR schedules (incl. WarmupPolyLR), the mixed-precision training step,
 a launch that also runs CPU processes over gloo or under torchrun, the state an exact resume needs,
-semantic test-time augmentation, and the reuse of freed host memory."""
+semantic test-time augmentation, the reuse of freed host memory, and detectron2's run set-up with a plain-text
+log."""
 from .host_memory import reuse_freed_memory
 from .launch import create_ddp_model, launch, launch_from_environment, process_group_timeout, started_by_torchrun
 from .lr_scheduler import PolyParamScheduler, build_lr_scheduler
 from .optimizer import build_optimizer, get_param_groups
 from .resume import ResumeStateHook
 from .rng import capture_rng_states, preserved_rng_states, restore_rng_states, seeded_rng
+from .setup import default_setup
 from .train_loop import MixedPrecisionTrainer, autocast_dtype, check_finite_losses
 from .tta import SemanticSegmentorWithTTA
 
@@ -17,6 +19,7 @@ __all__ = [
     "check_finite_losses",
     "autocast_dtype",
     "create_ddp_model",
+    "default_setup",
     "get_param_groups",
     "launch",
     "launch_from_environment",

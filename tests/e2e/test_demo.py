@@ -199,7 +199,8 @@ def test_single_output_file_and_threshold(tmp_path, demo_opts, predictor):
 
 
 def test_command_line_with_the_synthetic_config(tmp_path, demo_opts):
-    """`python demo/demo.py` as a user runs it, with the synthetic dataset's registered metadata."""
+    """`python demo/demo.py` as a user runs it, with the synthetic dataset's registered metadata; its log starts
+    without third-party notices."""
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 50), dtype=np.uint8)).save(tmp_path / "g.png")
     weights = demo_opts[demo_opts.index("MODEL.WEIGHTS") + 1]
     result = subprocess.run(
@@ -209,6 +210,7 @@ def test_command_line_with_the_synthetic_config(tmp_path, demo_opts):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Processed 1 images" in result.stdout + result.stderr
+    assert "`torch.jit.script` is deprecated" not in result.stderr  # fvcore's and detectron2's import-time notices
     assert cv2.imread(str(tmp_path / "out" / "g.png")).shape == (30, 50, 3)
     annotation = load_json(tmp_path / "out" / "g_panoptic.json")
     ids = rgb2id(read_rgb(tmp_path / "out" / "g_panoptic.png"))

@@ -285,3 +285,23 @@ def test_device_defaults_to_cpu_without_cuda():
     train_net = _import_train_net()
     cfg = train_net.load_config(train_net.argument_parser().parse_args(["--config-file", str(CONFIG)]))
     assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_piped_log_is_plain_text_without_third_party_notices(tmp_path, datasets_root):
+    """The log of a run whose output goes to a pipe, as `train_net.py ... > train.log 2>&1` sends it: no terminal
+    colour codes in the config dump (there, and in log.txt), no torch notices from fvcore's and detectron2's
+    imports, and no "No CUDA runtime is found" (provoked with a CUDA_HOME that exists on a machine without CUDA).
+    The project's own records are still there."""
+    out = tmp_path / "run"
+    command, env = train_net_command(datasets_root, *TINY, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out))
+    env["CUDA_HOME"] = str(tmp_path)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    log_file = (out / "log.txt").read_text()
+    for text in (output, log_file):
+        assert "Running with full config:\nCUDNN_BENCHMARK: false" in text
+        assert "\x1b[" not in text
+        assert "`torch.jit.script` is deprecated" not in text
+        assert "No CUDA runtime is found" not in text
+    assert "with 1 torch threads per process" in output

@@ -1,6 +1,6 @@
 """train_net.py trains the synthetic LaViT and timm configs (the main job with another backbone) for a few
 iterations: finite losses (LaViT's loss_lavit_dp among them) and a final checkpoint with the backbone's
-weights. The full 1000-iteration runs are measured in the README."""
+weights. The full 1000-iteration runs are the configs of docs/GETTING_STARTED.md."""
 import json
 import math
 import os

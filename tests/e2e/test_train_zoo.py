@@ -1,6 +1,6 @@
-"""The synthetic main-job configs of the NAT and ShiftViT backbones through train_net.py: a short run (the full
-1000-iteration runs are measured in the README) trains, writes a checkpoint with the backbone's keys and
-logs finite losses."""
+"""The synthetic main-job configs of the NAT and ShiftViT backbones through train_net.py: a short run (the
+1000-iteration configs are listed in docs/GETTING_STARTED.md) trains, writes a checkpoint with the backbone's keys
+and logs finite losses."""
 import json
 import math
 import os

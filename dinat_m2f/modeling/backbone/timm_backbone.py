@@ -54,8 +54,8 @@ def read_timm_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"MODEL.TIMM.PRETRAINED_PATH {path} does not exist. Save the timm model's weights to a local file "
-            "once (README: timm backbones), point PRETRAINED_PATH at it, or set it to '' for random weights "
-            "(e.g. when MODEL.WEIGHTS holds a trained model)"
+            "once (docs/BACKBONES.md, 'Any timm backbone'), point PRETRAINED_PATH at it, or set it to '' for random "
+            "weights (e.g. when MODEL.WEIGHTS holds a trained model)"
         )
     if path.endswith(".safetensors"):
         return read_safetensors_file(path)["model"]
