@@ -66,13 +66,15 @@ def get_parser() -> argparse.ArgumentParser:
     exported.add_argument("--pt2", metavar="FILE", help="run this exported torch.export / AOTInductor network")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of the instances drawn and written (instance results)")
+    parser.add_argument("--dataset", action="append", default=[], metavar="FILE",
+                        help="the dataset description file the model was trained on (its class names)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
     return parser
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = load_project_config(args.config_file, args.opts)
+    cfg = load_project_config(args.config_file, args.opts, dataset_files=args.dataset)
     cfg.freeze()
     return cfg
 

@@ -15,6 +15,7 @@ from detectron2.utils.logger import log_first_n
 from PIL import Image, ImageOps
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "ImageFileError",
     "ImageHeader",
     "check_label_values",
@@ -35,6 +36,8 @@ class ImageFileError(OSError):
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 (or absent) is the stored layout, 2-8 flip and/or rotate it
 
+# File extensions of images in dataset folders (lower case).
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 # Pillow modes of one 16-bit channel (a 16-bit colour file opens as 8-bit "RGB", keeping the high bytes).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # What Pillow raises for missing, truncated, undecodable or oversized files.

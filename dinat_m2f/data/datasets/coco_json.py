@@ -5,12 +5,14 @@ import logging
 import os
 from typing import Any, Dict, List, Tuple
 
+import numpy as np
+import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 
 from .paths import JSON_LAYOUT_ERRORS, load_json_file, malformed_json, require_object
 from .problems import DatasetProblems
 
-__all__ = ["instances_json_problems", "load_coco_instances", "panoptic_json_problems"]
+__all__ = ["instances_json_problems", "load_coco_instances", "mask_annotation", "panoptic_json_problems"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,3 +234,16 @@ def _instance_records(content: Dict, image_root: str, id_map: Dict[int, int]) ->
         for image in content["images"]
     ]
     return records, skipped
+
+
+def mask_annotation(mask: np.ndarray, image_id: Any, category_id: int, iscrowd: int = 0) -> Dict:
+    """A COCO instance annotation (RLE segmentation, area, integer bbox) of a bool (H, W) mask; no "id"."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+        "area": int(mask.sum()),
+        "bbox": [int(v) for v in mask_util.toBbox(rle)],
+        "iscrowd": iscrowd,
+    }
