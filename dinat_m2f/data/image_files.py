@@ -27,9 +27,6 @@ __all__ = [
     "read_panoptic_png",
 ]
 
-logger = logging.getLogger(__name__)
-
-
 class ImageFileError(OSError):
     """An image or label file could not be read or decoded, or holds pixels this project cannot use."""
 

@@ -368,3 +368,32 @@ def test_synthetic_description_trains_on_the_same_data_as_its_registered_names(t
             if "sem_seg" in one:
                 assert torch.equal(one["sem_seg"], two["sem_seg"])
     assert MetadataCatalog.get("synthetic_shapes_val").stuff_classes == MetadataCatalog.get("described_synthetic_val_panoptic").stuff_classes
+
+
+def test_val_images_sharing_a_file_name_in_two_folders_are_refused(tmp_path):
+    """COCOPanopticEvaluator names prediction PNGs by the image's file name: two val images a/0000.jpg and
+    b/0000.jpg would overwrite each other's predictions and score wrongly."""
+    description_file = make_dataset(tmp_path, "coco_panoptic", name="clashing_names", awkward=False)
+    val = split_paths(description_file, "val")
+    content = json.loads(val["annotations"].read_text())
+    for folder, image in zip("ab", content["images"][:2]):
+        (val["images"] / folder).mkdir()
+        (val["images"] / image["file_name"]).rename(val["images"] / folder / "same.jpg")
+        image["file_name"] = f"{folder}/same.jpg"
+    val["annotations"].write_text(json.dumps(content))
+    with pytest.raises(DatasetContentError, match=r"\[val\] .*b/same.jpg and .*a/same.jpg share the name 'same'"):
+        prepare_description(load_dataset_description(str(description_file)))
+
+
+def test_a_description_without_train_split_trains_on_nothing_and_says_so(tmp_path):
+    """DATASETS.TRAIN becomes empty (never the config's own training set); building the training loader says why."""
+    from dinat_m2f.data import build_train_loader
+
+    description_file = make_dataset(tmp_path, "semantic_masks", name="val_only", awkward=False, num_train=1, num_val=1)
+    content = yaml.safe_load(description_file.read_text())
+    del content["splits"]["train"]
+    description_file.write_text(yaml.safe_dump(content))
+    cfg = load_project_config(str(CONFIGS / "synthetic" / "semantic" / "dinat_mini.yaml"), [], [str(description_file)])
+    assert cfg.DATASETS.TRAIN == () and cfg.DATASETS.TEST == ("val_only_val",)
+    with pytest.raises(ValueError, match="DATASETS.TRAIN is empty: there is nothing to train on"):
+        build_train_loader(cfg, mapper=None)

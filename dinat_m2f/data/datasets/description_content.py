@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from panopticapi.utils import rgb2id
@@ -222,7 +222,7 @@ def _panoptic_jobs(description: DatasetDescription, split: str, content: Dict) -
     return jobs, warnings
 
 
-def _basename_problems(jobs: List[Tuple]) -> List[str]:
+def _basename_clashes(jobs: List[Tuple]) -> List[str]:
     """COCOPanopticEvaluator names each prediction PNG by its image's file name without folder and extension."""
     seen: Dict[str, str] = {}
     problems = []
@@ -235,22 +235,36 @@ def _basename_problems(jobs: List[Tuple]) -> List[str]:
     return problems
 
 
-def _split_samples(description: DatasetDescription, split: str) -> Tuple[Any, List[Tuple], List[str], List[str], List]:
-    """(function checking one sample, its jobs, problems and warnings found while listing them, source files)."""
+class SplitSamples(NamedTuple):
+    """A split's samples to check: the function checking one, its argument per sample, the problems and warnings
+    found while listing them, and the source files a change of which makes the split checked again."""
+
+    check: Callable[[Tuple], Tuple[List[str], Any]]
+    jobs: List[Tuple]
+    problems: List[str]
+    warnings: List[str]
+    sources: List[str]
+
+
+def _split_samples(description: DatasetDescription, split: str) -> SplitSamples:
     files = description.splits[split]
     if description.format == "semantic_masks":
         pairs, problems, warnings = semantic_mask_pairs(files)
         jobs = [(image, mask, len(description.classes), description.ignore_label) for image, mask in pairs]
         sources = [path for pair in pairs for path in pair]
-        return _check_semantic_sample, jobs, problems, [f"label file without image: {w}" for w in warnings], sources
+        warnings = [f"label file without image: {w}" for w in warnings]
+        return SplitSamples(_check_semantic_sample, jobs, problems, warnings, sources)
     content = load_json_file(files.annotations)  # checked when the description was loaded
     if description.format == "coco_instances":
         images = content["images"]
         jobs = [(os.path.join(files.images, i["file_name"]), (i["height"], i["width"]), i["id"]) for i in images]
-        return _check_instances_sample, jobs, [], [], [files.annotations] + [job[0] for job in jobs]
+        return SplitSamples(_check_instances_sample, jobs, [], [], [files.annotations] + [job[0] for job in jobs])
     jobs, warnings = _panoptic_jobs(description, split, content)
     sources = [files.annotations] + [path for job in jobs for path in (job[0], job[3])]
-    return _check_panoptic_sample, jobs, _basename_problems(jobs), warnings, sources
+    clashes = _basename_clashes(jobs)
+    if split == "val":  # the split evaluated after training
+        return SplitSamples(_check_panoptic_sample, jobs, clashes, warnings, sources)
+    return SplitSamples(_check_panoptic_sample, jobs, [], warnings + clashes, sources)
 
 
 # ---------------------------------------------------------------------------------------------
