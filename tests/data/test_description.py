@@ -315,6 +315,8 @@ def test_descriptions_set_datasets_and_class_count_and_reload_from_the_saved_con
     saved.write_text(cfg.dump())
     again = load_project_config(str(saved))
     assert again.DATASETS.TRAIN == cfg.DATASETS.TRAIN and again.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 3
+    twice = load_project_config(str(saved), [], [os.path.relpath(description_file)])  # named by the config and --dataset
+    assert twice.DATASETS.TRAIN == ("config_instances_train",) and twice.DATASETS.DESCRIPTIONS == [str(description_file)]
 
     kept = load_project_config(str(config), ["DATASETS.TEST", "()"], [str(description_file)])
     assert kept.DATASETS.TEST == ()  # a command-line value wins

@@ -138,7 +138,7 @@ def apply_dataset_descriptions(cfg: CfgNode, command_line_opts: Sequence[str] = 
     MODEL.SEM_SEG_HEAD.NUM_CLASSES (their class count). A DATASETS.TRAIN or TEST given in
     ``command_line_opts`` (KEY VALUE pairs) is kept; a NUM_CLASSES given there that disagrees is an error
     naming both. The config's INPUT.DATASET_MAPPER_NAME must be able to read the training format."""
-    files = [os.path.abspath(path) for path in cfg.DATASETS.DESCRIPTIONS]
+    files = list(dict.fromkeys(os.path.abspath(path) for path in cfg.DATASETS.DESCRIPTIONS))  # each file once
     if not files:
         return []
     cfg.DATASETS.DESCRIPTIONS = files
