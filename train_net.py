@@ -5,6 +5,7 @@
     python train_net.py --config-file configs/coco/panoptic/dinat_l.yaml --num-gpus 8
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file CONFIG --dataset my_data/shapes.yaml  # your own data (docs/CUSTOM_DATASETS.md)
     torchrun --nproc_per_node 8 train_net.py --config-file CONFIG  # processes started by torchrun / SLURM
 
 ``--num-gpus N`` starts N processes per machine: one per GPU over NCCL, or, with MODEL.DEVICE cpu (the
@@ -13,6 +14,8 @@ LOCAL_RANK set), each process joins the process group torchrun describes instead
 MINUTES`` bounds how long the processes wait for a frozen peer in a collective before they stop.
 ``--eval-only`` needs weights (MODEL.WEIGHTS, or --resume with a checkpoint in OUTPUT_DIR) unless
 ``--allow-random-weights`` says that evaluating a randomly initialized model is intended.
+``--dataset FILE`` (a dataset description, recorded in DATASETS.DESCRIPTIONS) trains on its train split, evaluates
+on its val split and sets the class count; its files are checked before anything runs.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from detectron2.utils.logger import setup_logger
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 from dinat_m2f.config import load_project_config
 from dinat_m2f.data import build_mapper, build_train_loader
+from dinat_m2f.data.datasets import prepare_dataset_descriptions
 from dinat_m2f.engine import (
     MixedPrecisionTrainer,
     ResumeStateHook,
@@ -169,7 +173,7 @@ class Trainer(DefaultTrainer):
 def load_config(args) -> CfgNode:
     """--config-file and the command-line KEY VALUE pairs over the project's defaults, frozen
     (:func:`dinat_m2f.config.load_project_config`: plain YAML only, errors naming the file or key)."""
-    cfg = load_project_config(args.config_file, args.opts)
+    cfg = load_project_config(args.config_file, args.opts, dataset_files=args.dataset)
     cfg.freeze()
     return cfg
 
@@ -184,6 +188,10 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-random-weights", action="store_true",
         help="with --eval-only: evaluate a randomly initialized model when no weights are given, on purpose",
+    )
+    parser.add_argument(
+        "--dataset", action="append", default=[], metavar="FILE",
+        help="a dataset description file (YAML): train on its train split, evaluate on its val split",
     )
     return parser
 
@@ -216,6 +224,7 @@ def setup(args) -> CfgNode:
 
 def main(args):
     cfg = setup(args)
+    prepare_dataset_descriptions(cfg)  # described datasets' files are checked before anything is built
     if args.eval_only:
         model = Trainer.build_model(cfg)
         SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

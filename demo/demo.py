@@ -39,7 +39,6 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the project, als
 import dinat_m2f  # noqa: E402,F401  (before detectron2: registers the model; dinat_m2f/startup.py says why first)
 import dinat_m2f.data  # noqa: E402,F401  (registers the datasets)
 from detectron2.config import CfgNode  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import ColorMode  # noqa: E402
@@ -47,6 +46,7 @@ from results import CategoryIds, write_results  # noqa: E402
 from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 
 from dinat_m2f.config import load_project_config  # noqa: E402
+from dinat_m2f.data.image_files import read_image_file  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -66,13 +66,15 @@ def get_parser() -> argparse.ArgumentParser:
     exported.add_argument("--pt2", metavar="FILE", help="run this exported torch.export / AOTInductor network")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of the instances drawn and written (instance results)")
+    parser.add_argument("--dataset", action="append", default=[], metavar="FILE",
+                        help="the dataset description file the model was trained on (its class names)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
     return parser
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = load_project_config(args.config_file, args.opts)
+    cfg = load_project_config(args.config_file, args.opts, dataset_files=args.dataset)
     cfg.freeze()
     return cfg
 
@@ -123,7 +125,7 @@ def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str]
     done = skipped = 0
     for path, destination in tqdm.tqdm(list(zip(paths, destinations)), disable=len(paths) < 2, unit="img"):
         try:
-            image = read_image(str(path), format="RGB")  # grayscale / RGBA / palette -> RGB, EXIF rotation
+            image = read_image_file(str(path), "RGB", apply_exif=True)  # 8-bit RGB of any image, upright
         except Exception as e:  # PIL raises several types for missing, truncated or non-image files
             logger.warning("Skipping %s: cannot read it as an image (%s)", path, e)
             skipped += 1

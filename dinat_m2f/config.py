@@ -16,6 +16,9 @@ from detectron2.config import CfgNode as CN
 def add_maskformer2_config(cfg: CN) -> None:
     """Add the keys of Mask2Former (and of DeepLab, whose config Mask2Former's trainer also adds)."""
     # data
+    # Addition: dataset description files (docs/CUSTOM_DATASETS.md); their splits set DATASETS.TRAIN / TEST and
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES when the config is loaded (train_net.py --dataset FILE appends here).
+    cfg.DATASETS.DESCRIPTIONS = []
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     cfg.INPUT.COLOR_AUG_SSD = False
     # Random crops are retried until no single category covers more than this part of the crop.
@@ -260,9 +263,12 @@ def _yaml_error_message(config_file: str, error: yaml.YAMLError) -> str:
     return f"Config file {where}: invalid YAML: {error}"
 
 
-def load_project_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+def load_project_config(config_file: str, opts: Sequence[str] = (), dataset_files: Sequence[str] = ()) -> CN:
     """The project's defaults, then ``config_file`` (with its ``_BASE_`` files), then the command-line
-    KEY VALUE pairs ``opts``: the config loader of train_net.py, the demo and the tools.
+    KEY VALUE pairs ``opts``, then the dataset description files ``dataset_files`` (``--dataset``) added to
+    DATASETS.DESCRIPTIONS, whose datasets are registered and set the datasets and class count
+    (:func:`dinat_m2f.data.datasets.apply_dataset_descriptions`): the config loader of train_net.py, the demo
+    and the tools.
 
     YAML is read with ``yaml.safe_load`` (detectron2 falls back to ``yaml.unsafe_load``, which runs python
     tags): a python tag in any of the files is a ValueError naming that file and the tag. An unknown key,
@@ -289,4 +295,8 @@ def load_project_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).info("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"
+    from .data.datasets import apply_dataset_descriptions  # the data package imports detectron2's datasets
+
+    cfg.DATASETS.DESCRIPTIONS = list(cfg.DATASETS.DESCRIPTIONS) + list(dataset_files)
+    apply_dataset_descriptions(cfg, opts)
     return cfg

@@ -6,7 +6,10 @@
 - writes checkpoints and ``last_checkpoint`` atomically (:func:`.files.atomic_write`);
 - resumes from the newest checkpoint that can be read: when the one ``last_checkpoint`` names is
   truncated, corrupt or missing (or ``last_checkpoint`` is empty), it logs which file and why and tries
-  the next newest.
+  the next newest;
+- fine-tunes across class counts: loading weights trained on another number of classes loads every tensor
+  whose shape fits (as detectron2 does) and says in one message that the class head starts fresh, naming
+  its parameters, instead of shape and missing-key warnings.
 """
 import glob
 import os
@@ -15,6 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import _IncompatibleKeys
 
 from .files import TEMPORARY_SUFFIX, atomic_write, cached_download, is_url
 from .readers import CheckpointFileError, read_checkpoint_file
@@ -22,6 +26,9 @@ from .readers import CheckpointFileError, read_checkpoint_file
 __all__ = ["SafeDetectionCheckpointer"]
 
 LAST_CHECKPOINT = "last_checkpoint"
+# The tensors whose shape follows MODEL.SEM_SEG_HEAD.NUM_CLASSES (the classifier has one output more: no object).
+CLASS_HEAD = ("sem_seg_head.predictor.class_embed.weight", "sem_seg_head.predictor.class_embed.bias",
+              "criterion.empty_weight")  # fmt: skip
 
 
 class SafeDetectionCheckpointer(DetectionCheckpointer):
@@ -63,6 +70,22 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
     def _torch_load(self, filename: str) -> Dict[str, Any]:
         return read_checkpoint_file(filename)
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        shapes = {entry[0]: entry[1:] for entry in incompatible.incorrect_shapes if entry[0] in CLASS_HEAD}
+        if shapes:
+            checkpoint_shape, model_shape = next(iter(shapes.values()))  # each has classes + 1 rows
+            self.logger.info(
+                "Fine-tuning from weights trained on %d classes into a model of %d: the class head starts fresh "
+                "(%s); every other tensor whose shape fits is loaded",
+                checkpoint_shape[0] - 1, model_shape[0] - 1,
+                ", ".join(f"{key} {checkpoint} -> {model}" for key, (checkpoint, model) in shapes.items()),
+            )  # fmt: skip
+            incompatible = incompatible._replace(
+                missing_keys=[key for key in incompatible.missing_keys if key not in shapes],
+                incorrect_shapes=[entry for entry in incompatible.incorrect_shapes if entry[0] not in shapes],
+            )
+        super()._log_incompatible_keys(incompatible)
 
     # ---- writing
 

@@ -159,6 +159,11 @@ def build_train_loader(cfg: CfgNode, mapper: Callable[[Dict], Any]) -> Resumable
             f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported: the resumable training "
             "loader implements 'TrainingSampler'"
         )
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError(
+            "DATASETS.TRAIN is empty: there is nothing to train on (a dataset description without a 'train' split "
+            "sets none; --eval-only evaluates without it)"
+        )
     world_size = comm.get_world_size()
     if cfg.SOLVER.IMS_PER_BATCH % world_size:
         raise ValueError(

@@ -1,5 +1,6 @@
 """COCO-style instance evaluation for datasets whose thing classes have non-contiguous contiguous ids
-(e.g. ADE20K panoptic: things are 100 of the 150 class ids), which COCOEvaluator refuses."""
+(e.g. ADE20K panoptic: things are 100 of the 150 class ids), which COCOEvaluator refuses, or whose
+contiguous ids do not follow ascending dataset ids (a custom dataset listing its categories in any order)."""
 import itertools
 import json
 import os
@@ -12,7 +13,8 @@ from detectron2.utils.file_io import PathManager
 
 class InstanceSegEvaluator(COCOEvaluator):
     """COCOEvaluator that maps predicted classes back to dataset ids through the inverse of
-    ``thing_dataset_id_to_contiguous_id`` without requiring its values to be 0..K-1."""
+    ``thing_dataset_id_to_contiguous_id`` without requiring its values to be 0..K-1, and names the per-class
+    results by dataset id (COCOeval's category order)."""
 
     def _eval_predictions(self, predictions: List[Dict], img_ids: Optional[List] = None) -> None:
         coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
@@ -53,6 +55,17 @@ class InstanceSegEvaluator(COCOEvaluator):
                 if coco_results
                 else None  # the COCO API does not handle empty results
             )
-            self._results[task] = self._derive_coco_results(
-                coco_eval, task, class_names=self._metadata.get("thing_classes")
-            )
+            self._results[task] = self._derive_coco_results(coco_eval, task, class_names=self._class_names())
+
+    def _class_names(self) -> Optional[List[str]]:
+        """Names in COCOeval's category order (ascending dataset id). Contiguous ids index ``stuff_classes``
+        where panoptic metadata lists every class there (Mask2Former's layout); ``thing_classes`` lists the
+        things in the order of their contiguous ids."""
+        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
+        if id_map is None:
+            return self._metadata.get("thing_classes")
+        stuff_map = self._metadata.get("stuff_dataset_id_to_contiguous_id") or {}
+        if all(stuff_map.get(d) == c for d, c in id_map.items()):
+            return [self._metadata.stuff_classes[id_map[d]] for d in sorted(id_map)]
+        rank = {c: i for i, c in enumerate(sorted(id_map.values()))}
+        return [self._metadata.thing_classes[rank[id_map[d]]] for d in sorted(id_map)]

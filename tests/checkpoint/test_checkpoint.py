@@ -1,4 +1,5 @@
 """SafeDetectionCheckpointer: the formats it reads, what it refuses, and detectron2's semantics it keeps."""
+import logging
 import os
 import pickle
 
@@ -198,3 +199,43 @@ def test_pkl_that_is_not_a_dict_is_rejected_with_its_name(tmp_path):
         pickle.dump([np.zeros(2)], f)
     with pytest.raises(ValueError, match="list.pkl"):
         SafeDetectionCheckpointer(TinyDetector()).load(str(path))
+
+
+class TinyMaskFormer(nn.Module):
+    """The parameter names of MaskFormer whose shapes follow the class count, and one that does not."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.backbone = nn.Linear(3, 4)
+        self.sem_seg_head = nn.Module()
+        self.sem_seg_head.predictor = nn.Module()
+        self.sem_seg_head.predictor.class_embed = nn.Linear(4, num_classes + 1)
+        self.criterion = nn.Module()
+        self.criterion.register_buffer("empty_weight", torch.ones(num_classes + 1))
+
+
+def test_weights_of_another_class_count_fine_tune_with_a_fresh_class_head(tmp_path):
+    """Everything whose shape fits loads; the class head stays as initialized and one message names it, without
+    detectron2's shape and missing-key warnings."""
+    trained = TinyMaskFormer(num_classes=133)
+    torch.save({"model": random_state(trained, 1)}, tmp_path / "coco.pth")
+    model = TinyMaskFormer(num_classes=4)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    checkpointer = SafeDetectionCheckpointer(model)
+    level = checkpointer.logger.level
+    checkpointer.logger.setLevel(logging.INFO)  # the message is information, as train_net's logger shows it
+    try:
+        with RecordLogs(checkpointer.logger) as logs:
+            checkpointer.load(str(tmp_path / "coco.pth"))
+    finally:
+        checkpointer.logger.setLevel(level)
+    state = model.state_dict()
+    assert torch.equal(state["backbone.weight"], random_state(trained, 1)["backbone.weight"])
+    for key in ("sem_seg_head.predictor.class_embed.weight", "sem_seg_head.predictor.class_embed.bias",
+                "criterion.empty_weight"):  # fmt: skip
+        assert torch.equal(state[key], fresh[key]), key
+    (message,) = [m for m in logs.messages if "class head" in m]
+    assert message.startswith("Fine-tuning from weights trained on 133 classes into a model of 4")
+    assert "sem_seg_head.predictor.class_embed.weight (134, 4) -> (5, 4)" in message
+    assert "criterion.empty_weight (134,) -> (5,)" in message
+    assert not [m for m in logs.messages if "Skip loading" in m or "not found in the checkpoint" in m]

@@ -349,7 +349,7 @@ def test_exif_orientation_never_misaligns_image_and_labels(tmp_path, orientation
               "height": height, "width": width, "image_id": 0}  # fmt: skip
     cfg = make_cfg("mask_former_semantic", "train_sem_seg", MIN_SIZE_TRAIN=(height,), MIN_SIZE_TEST=height)
 
-    with RecordLogs(logging.getLogger("dinat_m2f.data.dataset_mappers.mapper_utils")) as logs:
+    with RecordLogs(logging.getLogger("dinat_m2f.data.image_files")) as logs:
         train = build_mapper(cfg, True)(dict(record))
         test = build_mapper(cfg, False)(dict(record))
     bright = train["image"][0] > 128
@@ -382,3 +382,57 @@ def test_build_mapper_by_name_and_inference_mapper(synthetic):
     assert min(out["image"].shape[1:]) == 96
     assert abs(max(out["image"].shape[1:]) - 96 * max(h, w) / min(h, w)) <= 1
     assert MetadataCatalog.get(f"{PREFIX}_train").evaluator_type == "coco"
+
+
+PANOPTIC_MAPPERS = [("mask_former_panoptic", {}), ("coco_panoptic_lsj", {"IMAGE_SIZE": 64})]
+
+
+@pytest.mark.parametrize("mapper_name, input_keys", PANOPTIC_MAPPERS)
+def test_panoptic_png_of_another_size_or_16_bits_is_named(synthetic, tmp_path, mapper_name, input_keys):
+    """Was a bare AssertionError (another size) or a sample with no segment at all (16 bits)."""
+    record = synthetic["panoptic"][0]
+    pixels = read_png(record["pan_seg_file_name"])
+    Image.fromarray(pixels[:-3]).save(tmp_path / "short.png")
+    Image.fromarray(panoptic_ids(record["pan_seg_file_name"]).astype(np.uint16)).save(tmp_path / "ids16.png")
+    mapper = build_mapper(make_cfg(mapper_name, "train_panoptic", **input_keys), True)
+    h, w = record["height"], record["width"]
+    with pytest.raises(ImageFileError, match=f"short.png is {w}x{h - 3} .* but its image {record['file_name']} is {w}x{h}"):
+        mapper(dict(record, pan_seg_file_name=str(tmp_path / "short.png")))
+    with pytest.raises(ImageFileError, match="ids16.png is 16-bit"):
+        mapper(dict(record, pan_seg_file_name=str(tmp_path / "ids16.png")))
+
+
+def test_segments_absent_from_the_panoptic_png_are_named_in_a_warning(synthetic):
+    record = copy.deepcopy(synthetic["panoptic"][0])
+    record["segments_info"].append({"id": 987654, "category_id": 0, "iscrowd": 0, "isthing": True})
+    with RecordLogs(logging.getLogger("dinat_m2f.data.dataset_mappers.mapper_utils")) as logs:
+        out = build_mapper(make_cfg("mask_former_panoptic", "train_panoptic"), True)(record)
+    assert len(out["instances"]) == len(record["segments_info"]) - 1
+    assert any(record["pan_seg_file_name"] in m and "[987654] are absent" in m for m in logs.messages)
+
+
+@pytest.mark.parametrize("train_set, mapper_name", [("train_sem_seg", "mask_former_semantic"),
+                                                    ("train_panoptic", "mask_former_panoptic")])
+def test_label_above_the_class_count_is_named(synthetic, tmp_path, train_set, mapper_name):
+    """Not a class and not the ignore label: was a reshape error at evaluation, an index error in the loss."""
+    record = synthetic["panoptic"][0]
+    labels = read_png(record["sem_seg_file_name"]).copy()
+    labels[0, :3] = 9
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    cfg = make_cfg(mapper_name, train_set)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
+    broken = dict(record, sem_seg_file_name=str(tmp_path / "labels.png"))
+    with pytest.raises(ImageFileError, match=r"labels.png has values \[9\], which are neither a class \(0..4\)"):
+        build_mapper(cfg, True)(broken)
+    Image.fromarray(read_png(record["sem_seg_file_name"])[:-1]).save(tmp_path / "short.png")
+    with pytest.raises(ImageFileError, match="short.png is .* but its image"):
+        build_mapper(cfg, True)(dict(record, sem_seg_file_name=str(tmp_path / "short.png")))
+
+
+def test_decompression_bomb_in_training_names_the_file(synthetic, tmp_path):
+    from test_image_files import write_decompression_bomb
+
+    write_decompression_bomb(tmp_path / "bomb.jpg")
+    record = dict(synthetic["semantic"][0], file_name=str(tmp_path / "bomb.jpg"))
+    with pytest.raises(ImageFileError, match="bomb.jpg.*decompression bomb"):
+        build_mapper(make_cfg("mask_former_semantic", "train_sem_seg"), True)(record)

@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from detectron2.data import DatasetCatalog
-from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
+from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.structures import BitMasks, Instances
 from dinat_m2f.config import get_project_cfg
 from dinat_m2f.data import MaskFormerPanopticDatasetMapper
 from dinat_m2f.data.datasets.ade20k_categories import ADE20K_INSTANCE_IDS
 from dinat_m2f.data.datasets.register_ade20k import register_ade20k_instance, register_ade20k_panoptic
-from dinat_m2f.evaluation import InstanceSegEvaluator, build_evaluator
+from dinat_m2f.evaluation import InstanceSegEvaluator, SemSegEvaluator, build_evaluator
 from test_data_registration import load_script, registered_at
 
 WALL, FLOOR, BED, PERSON = 0, 3, 7, 12  # 0-based ADE20K ids

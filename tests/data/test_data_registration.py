@@ -189,3 +189,57 @@ def test_coco_panoptic_with_semantic_labels_from_the_prepare_script(tmp_path):
 
         (semantic_record,) = DatasetCatalog.get("coco_2017_val_panoptic_sem_seg")
         assert semantic_record["sem_seg_file_name"] == record["sem_seg_file_name"]
+
+
+def test_panoptic_json_problems_are_all_named_when_it_is_loaded(tmp_path):
+    """Duplicate image ids (one image's segments silently replaced another's), a segment of an unknown
+    category, an annotation without image entry and a repeated segment id: one error lists them all."""
+    from dinat_m2f.data.datasets import DatasetFileError
+    from dinat_m2f.data.datasets.panoptic_json import load_panoptic_json
+    from dinat_m2f.data.datasets.synthetic import synthetic_metadata
+
+    segment = {"id": 1001, "category_id": 1, "iscrowd": 0}
+    content = {
+        "images": [{"id": 5, "file_name": "a.jpg", "height": 8, "width": 8},
+                   {"id": 5, "file_name": "b.jpg", "height": 8, "width": 8}],
+        "annotations": [{"image_id": 5, "file_name": "a.png", "segments_info": [segment, dict(segment, id=1002, category_id=99)]},
+                        {"image_id": 6, "file_name": "c.png", "segments_info": [segment, segment]}],
+        "categories": [{"id": 1, "name": "circle", "isthing": 1}],
+    }  # fmt: skip
+    json_file = tmp_path / "panoptic.json"
+    json_file.write_text(json.dumps(content))
+    with pytest.raises(DatasetFileError) as error:
+        load_panoptic_json(str(json_file), str(tmp_path), str(tmp_path), None, synthetic_metadata())
+    message = str(error.value)
+    assert f"{json_file} cannot be used: 4 problems" in message
+    for part in ("image id 5 is listed twice ('a.jpg' and 'b.jpg')",
+                 "segment 1002 of image id 5 has category_id 99, which is not in 'categories'",
+                 "annotations[1] has image_id 6, which has no 'images' entry",
+                 "image id 6 lists segment id 1001 twice"):  # fmt: skip
+        assert part in message, message
+
+
+def test_instance_json_problems_are_all_named_when_it_is_loaded(tmp_path):
+    from dinat_m2f.data.datasets import DatasetFileError
+    from dinat_m2f.data.datasets.coco_json import load_coco_instances
+
+    polygon = [[0, 0, 4, 0, 4, 4]]
+    content = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 8, "width": 8},
+                   {"id": 1, "file_name": "b.jpg", "height": 8, "width": 8}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": polygon},
+                        {"id": 1, "image_id": 2, "category_id": 8, "segmentation": {"counts": "", "size": [9, 8]}},
+                        {"id": 3, "image_id": 1, "category_id": 7}],
+        "categories": [{"id": 7, "name": "star"}],
+    }  # fmt: skip
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps(content))
+    with pytest.raises(DatasetFileError) as error:
+        load_coco_instances(str(json_file), str(tmp_path), {7: 0})
+    message = str(error.value)
+    for part in ("image id 1 is listed twice ('a.jpg' and 'b.jpg')", "annotation id 1 is listed twice",
+                 "annotation id 1 has image_id 2, which has no 'images' entry",
+                 "annotation id 1 has category_id 8, which is not in 'categories'",
+                 "annotation id 3 has no 'segmentation'"):  # fmt: skip
+        assert part in message, message
+    assert "5 problems" in message

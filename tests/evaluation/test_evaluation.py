@@ -2,6 +2,7 @@
 and small hand-computed wrong predictions score the value worked out in each test's docstring."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
-from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators
 from detectron2.structures import BitMasks, Instances
 from dinat_m2f.config import get_project_cfg
 from dinat_m2f.data.datasets import SyntheticSpec, register_synthetic
@@ -19,8 +20,11 @@ from dinat_m2f.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
     InstanceSegEvaluator,
+    SemSegEvaluator,
     build_evaluator,
+    check_ground_truth_files,
 )
+from dinat_m2f.data.image_files import ImageFileError
 
 PREFIX = "eval_synthetic"
 
@@ -332,3 +336,69 @@ def test_cityscapes_instance_evaluator(tiny_cityscapes, tmp_path, monkeypatch):
     wrong = run(evaluator, [tiny_cityscapes["input"]], [{"instances": instances_from(cars[:1], [car], [0.9])}])
     assert wrong["segm"]["AP"] == pytest.approx(50.0) and wrong["segm"]["AP50"] == pytest.approx(50.0)
     assert os.listdir(tmp_path) == ["gtFine"]
+
+
+# ------------------------------------------------------------------------------------------------
+# ground truth that cannot be evaluated: named before inference, or when it is read
+
+
+def test_panoptic_pngs_of_another_size_or_depth_are_listed_before_inference(synthetic_val, tmp_path):
+    """Was a broadcast error in panopticapi after the whole inference pass (size), or 0 segments (16 bits)."""
+    meta = MetadataCatalog.get(f"{PREFIX}_val_panoptic")
+    root = tmp_path / "panoptic"
+    shutil.copytree(meta.panoptic_root, root)
+    first, second = (root / os.path.basename(r["pan_seg_file_name"]) for r in synthetic_val[:2])
+    Image.fromarray(np.asarray(Image.open(first))[:-2]).save(first)
+    Image.fromarray(panoptic_ids(second).astype(np.uint16)).save(second)
+    fields = {k: v for k, v in meta.as_dict().items() if k != "name"}
+    register("eval_broken_panoptic", synthetic_val, **dict(fields, panoptic_root=str(root)))
+    evaluator = COCOPanopticEvaluator("eval_broken_panoptic", str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="2 problem") as error:
+        check_ground_truth_files([DatasetEvaluators([evaluator])])
+    h, w = synthetic_val[0]["height"], synthetic_val[0]["width"]
+    assert f"{first} is {w}x{h - 2} (width x height) but its image (image_id {synthetic_val[0]['image_id']}) is {w}x{h}" in str(error.value)
+    assert f"{second} is 16-bit I;16" in str(error.value)
+
+
+def test_semantic_ground_truth_is_checked_as_it_is_read(tmp_path):
+    """A value that is neither a class nor the ignore label was "cannot reshape array of size 90 into shape
+    (6,6)"; a label map of another size, a broadcast error. Both name the file now."""
+    labels = tiny_label_map()
+    labels[0, :2] = 7
+    Image.fromarray(labels).save(tmp_path / "seven.png")
+    Image.fromarray(tiny_label_map()[:8]).save(tmp_path / "short.png")
+    records = [{"file_name": f"{name}.jpg", "sem_seg_file_name": str(tmp_path / f"{name}.png")} for name in ("seven", "short")]
+    register("eval_broken_sem_seg", records, evaluator_type="sem_seg", ignore_label=255,
+             stuff_classes=[c["name"] for c in SYNTHETIC_CATEGORIES])  # fmt: skip
+    evaluator = SemSegEvaluator("eval_broken_sem_seg", distributed=False)
+    scores = torch.zeros(5, 10, 10)
+    with pytest.raises(ImageFileError, match=r"seven.png has values \[7\], which are neither a class \(0..4\) nor the ignore label 255"):
+        run(evaluator, [{"file_name": "seven.jpg"}], [{"sem_seg": scores}])
+    with pytest.raises(ImageFileError, match=r"short.png is 10x8 \(width x height\) but its image short.jpg is 10x10"):
+        run(evaluator, [{"file_name": "short.jpg"}], [{"sem_seg": scores}])
+
+
+def test_per_class_ap_is_named_by_dataset_id_in_any_category_order(tmp_path):
+    """Categories listed as 42 "circle", 7 "square" (contiguous 0, 1): COCOeval orders them 7, 42, so
+    COCOEvaluator would report the square's AP as the circle's. build_evaluator picks InstanceSegEvaluator,
+    which names them right: only the square is predicted (perfectly)."""
+    import pycocotools.mask as mask_util
+
+    first, second, _ = tiny_instance_masks()
+    annotations = []
+    for i, (mask, category_id) in enumerate([(first, 7), (second, 42)]):
+        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode()
+        annotations.append({"id": i + 1, "image_id": 1, "category_id": category_id, "segmentation": rle,
+                            "area": 16, "bbox": [2 + 8 * i, 2 + 8 * i, 4, 4], "iscrowd": 0})  # fmt: skip
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "tiny.jpg", "height": 20, "width": 20}], "annotations": annotations,
+        "categories": [{"id": 42, "name": "circle"}, {"id": 7, "name": "square"}]}))  # fmt: skip
+    register("eval_unsorted_ids", [], json_file=str(json_file), evaluator_type="coco", thing_classes=["circle", "square"],
+             thing_dataset_id_to_contiguous_id={42: 0, 7: 1})  # fmt: skip
+    evaluator = build_evaluator(get_project_cfg(), "eval_unsorted_ids", str(tmp_path))
+    assert type(evaluator) is InstanceSegEvaluator
+    inputs = [{"image_id": 1, "file_name": "tiny.jpg", "height": 20, "width": 20}]
+    result = run(evaluator, inputs, [{"instances": instances_from([first], [1], [0.9])}])["segm"]
+    assert result["AP-square"] == pytest.approx(100.0) and result["AP-circle"] == pytest.approx(0.0)

@@ -3,7 +3,7 @@ from .coco_instance_lsj_dataset_mapper import COCOInstanceLSJDatasetMapper
 from .coco_panoptic_lsj_dataset_mapper import COCOPanopticLSJDatasetMapper
 from .color_augmentation import ColorAugSSDTransform
 from .inference_dataset_mapper import InferenceDatasetMapper
-from .mapper_utils import ImageFileError
+from ..image_files import ImageFileError
 from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper

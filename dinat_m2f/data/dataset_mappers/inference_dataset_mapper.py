@@ -6,7 +6,8 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .mapper_utils import image_to_tensor, read_image_file
+from ..image_files import read_image_file
+from .mapper_utils import image_to_tensor
 
 
 class InferenceDatasetMapper:

@@ -1,7 +1,8 @@
-"""Pieces shared by the dataset mappers: reading files with errors that name them, padding,
-per-segment masks, and the augmentation lists built from the config."""
+"""Pieces shared by the dataset mappers: reading a sample's files (errors naming them, see
+:mod:`..image_files`) and checking they agree, padding, per-segment masks, and the augmentation lists built
+from the config."""
 import logging
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -12,57 +13,14 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, polygons_to_bitmask
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import log_first_n
-from PIL import Image
+from panopticapi.utils import rgb2id
 
+from ..image_files import check_same_size, read_image_file, read_panoptic_png
 from .color_augmentation import ColorAugSSDTransform
 
 # Value of padded image pixels (mid-grey, as Mask2Former pads).
 IMAGE_PAD_VALUE = 128
-
-
-class ImageFileError(OSError):
-    """An image or label file could not be read or decoded."""
-
-
-EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 (or absent) is the stored layout, 2-8 flip and/or rotate it
-
-
-def read_image_file(file_name: str, image_format=None) -> np.ndarray:
-    """The pixels of an image or label file as stored, converted to ``image_format`` like detectron2's
-    read_image does, with an error that names the file when it is missing or corrupt.
-
-    Unlike detectron2's read_image, an EXIF orientation tag is not applied: a dataset's labels (PNGs,
-    polygons, RLE), its width/height and the evaluators' ground truth all refer to the stored layout, and a
-    rotated image would no longer line up with them (a 180-degree tag did so silently). Such a file gets a
-    warning naming it, once per process.
-    """
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            array = utils.convert_PIL_to_numpy(image, image_format)
-    except (OSError, SyntaxError, ValueError) as e:  # PIL reports undecodable data in these
-        raise ImageFileError(f"Cannot read image file {file_name}: {e}") from e
-    if orientation not in (1, 0):
-        log_first_n(
-            logging.WARNING,
-            f"{file_name} has EXIF orientation {orientation} (shown rotated or flipped by viewers): it is used as "
-            "stored, the layout its labels and the dataset's width/height refer to",
-            n=1,
-            name=__name__,
-            key="message",
-        )
-    return array
-
-
-def read_label_map(file_name: str) -> np.ndarray:
-    """A single-channel label PNG (e.g. semantic ids) as an (H, W) integer array."""
-    labels = read_image_file(file_name)
-    if labels.ndim != 2:
-        raise ImageFileError(f"Label file {file_name} has {labels.shape[2]} channels; expected one")
-    return labels
 
 
 def augmentable_labels(labels: np.ndarray) -> np.ndarray:
@@ -206,7 +164,9 @@ def read_image_with_instance_masks(dataset_dict: Dict, image_format) -> tuple:
 
 
 def read_image_with_panoptic(dataset_dict: Dict, image_format, mapper_name: str) -> tuple:
-    """(image, RGB panoptic PNG, segments_info) of a COCO panoptic dataset dict."""
+    """(image, RGB panoptic PNG, segments_info) of a COCO panoptic dataset dict. A PNG of another size than
+    its image is an error naming both; segments absent from the PNG (and PNG ids without a segment, which
+    train as void) get a warning naming the file, once per process."""
     image = read_image_file(dataset_dict["file_name"], image_format)
     utils.check_image_size(dataset_dict, image)
     if "pan_seg_file_name" not in dataset_dict:
@@ -214,6 +174,29 @@ def read_image_with_panoptic(dataset_dict: Dict, image_format, mapper_name: str)
             f"{dataset_dict['file_name']}: the dataset dict has no 'pan_seg_file_name', "
             f"which the {mapper_name} mapper needs"
         )
-    pan_seg = read_image_file(dataset_dict.pop("pan_seg_file_name"), "RGB")
-    return image, pan_seg, dataset_dict.pop("segments_info")
+    pan_file = dataset_dict.pop("pan_seg_file_name")
+    pan_seg = read_panoptic_png(pan_file)
+    check_same_size(f"Panoptic PNG {pan_file}", pan_seg.shape, dataset_dict["file_name"], image.shape)
+    segments_info = dataset_dict.pop("segments_info")
+    _warn_unmatched_segments(pan_file, rgb2id(pan_seg), segments_info)
+    return image, pan_seg, segments_info
 
+
+def unmatched_segments(pan_ids: np.ndarray, segments_info: List[Dict]) -> Tuple[List[int], List[int]]:
+    """(ids of segments_info absent from the id map, non-void ids of the map without a segment)."""
+    present = set(np.unique(pan_ids).tolist()) - {0}
+    listed = [s["id"] for s in segments_info]
+    return [i for i in listed if i not in present], sorted(present - set(listed))
+
+
+def _warn_unmatched_segments(pan_file: str, pan_ids: np.ndarray, segments_info: List[Dict]) -> None:
+    absent, unlisted = unmatched_segments(pan_ids, segments_info)
+    if absent or unlisted:
+        log_first_n(
+            logging.WARNING,
+            f"Panoptic PNG {pan_file}: segments_info ids {absent} are absent from it, its ids {unlisted} have no "
+            "segment (trained as void)",
+            n=1,
+            name=__name__,
+            key="message",
+        )

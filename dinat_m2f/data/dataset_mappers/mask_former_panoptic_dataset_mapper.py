@@ -15,7 +15,6 @@ from .mapper_utils import (
     pad_to_divisibility,
     panoptic_to_semantic,
     read_image_with_panoptic,
-    read_label_map,
 )
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 
@@ -31,7 +30,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
             dataset_dict, self.image_format, "mask_former_panoptic"
         )
         if "sem_seg_file_name" in dataset_dict:
-            sem_seg = read_label_map(dataset_dict.pop("sem_seg_file_name"))
+            sem_seg = self.read_labels(dataset_dict.pop("sem_seg_file_name"), dataset_dict["file_name"], image)
         else:
             sem_seg = panoptic_to_semantic(rgb2id(pan_seg), segments_info, self.ignore_label)
 

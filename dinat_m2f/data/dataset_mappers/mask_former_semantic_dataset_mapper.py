@@ -8,6 +8,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..image_files import check_same_size, read_image_file, read_label_map
 from .mapper_utils import (
     IMAGE_PAD_VALUE,
     augmentable_labels,
@@ -16,15 +17,15 @@ from .mapper_utils import (
     instances_from_masks,
     mask_former_augmentations,
     pad_to_divisibility,
-    read_image_file,
-    read_label_map,
 )
 
 
 class MaskFormerSemanticDatasetMapper:
     """Reads an image and its semantic label PNG, augments both (resize, crop under the
     single-category area constraint, SSD colour, flip), pads to INPUT.SIZE_DIVISIBILITY (image 128,
-    labels ignore_label) and returns "image", "sem_seg" and "instances" (one mask per class present)."""
+    labels ignore_label) and returns "image", "sem_seg" and "instances" (one mask per class present).
+    A label that is neither a class (below MODEL.SEM_SEG_HEAD.NUM_CLASSES) nor the ignore label is an error
+    naming the file."""
 
     @configurable
     def __init__(
@@ -35,6 +36,7 @@ class MaskFormerSemanticDatasetMapper:
         image_format: str,
         ignore_label: int,
         size_divisibility: int,
+        num_classes: int,
     ):
         if not is_train:
             raise ValueError(f"{type(self).__name__} is for training; test data uses InferenceDatasetMapper")
@@ -42,6 +44,7 @@ class MaskFormerSemanticDatasetMapper:
         self.image_format = image_format
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        self.num_classes = num_classes
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
@@ -51,7 +54,14 @@ class MaskFormerSemanticDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": ignore_label_of(cfg),
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         }
+
+    def read_labels(self, file_name: str, image_file: str, image: np.ndarray) -> np.ndarray:
+        """The semantic label file of ``image``, checked: same size, classes or the ignore label only."""
+        labels = read_label_map(file_name, self.num_classes, self.ignore_label)
+        check_same_size(f"Label file {file_name}", labels.shape, image_file, image.shape)
+        return labels
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
@@ -62,7 +72,7 @@ class MaskFormerSemanticDatasetMapper:
                 f"{dataset_dict['file_name']}: the dataset dict has no 'sem_seg_file_name', "
                 "which the mask_former_semantic mapper needs"
             )
-        sem_seg = read_label_map(dataset_dict.pop("sem_seg_file_name"))
+        sem_seg = self.read_labels(dataset_dict.pop("sem_seg_file_name"), dataset_dict["file_name"], image)
 
         aug_input = T.AugInput(image, sem_seg=augmentable_labels(sem_seg))
         self.augmentations(aug_input)

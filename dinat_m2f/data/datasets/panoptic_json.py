@@ -4,20 +4,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import MetadataCatalog
 
-from .paths import JSON_LAYOUT_ERRORS, DatasetFileMissingError, load_json_file, malformed_json, register_checked
+from .coco_json import panoptic_json_problems
+from .paths import (
+    JSON_LAYOUT_ERRORS,
+    DatasetFileMissingError,
+    load_json_file,
+    malformed_json,
+    register_checked,
+    require_object,
+)
+from .problems import DatasetProblems
 
 
-def _to_contiguous(segment: Dict, meta: Dict, json_file: str) -> Dict:
+def _to_contiguous(segment: Dict, meta: Dict) -> Dict:
     category_id = segment["category_id"]
     segment = dict(segment)
-    if category_id in meta["thing_dataset_id_to_contiguous_id"]:
-        segment["category_id"] = meta["thing_dataset_id_to_contiguous_id"][category_id]
-        segment["isthing"] = True
-    elif category_id in meta["stuff_dataset_id_to_contiguous_id"]:
-        segment["category_id"] = meta["stuff_dataset_id_to_contiguous_id"][category_id]
-        segment["isthing"] = False
-    else:
-        raise ValueError(f"{json_file}: segment {segment['id']} has unknown category_id {category_id}")
+    isthing = category_id in meta["thing_dataset_id_to_contiguous_id"]
+    id_map = meta["thing_dataset_id_to_contiguous_id" if isthing else "stuff_dataset_id_to_contiguous_id"]
+    segment["category_id"] = id_map[category_id]
+    segment["isthing"] = isthing
     return segment
 
 
@@ -33,10 +38,19 @@ def load_panoptic_json(
     Each dict has "file_name" (image path from the JSON's "images" entry), "image_id", "height",
     "width", "pan_seg_file_name", "segments_info" (category ids made contiguous with the metadata's
     thing/stuff maps, plus "isthing") and, when ``semantic_dir`` is given, "sem_seg_file_name"
-    (same file name as the panoptic PNG).
+    (same file name as the panoptic PNG). The JSON is checked first (:func:`panoptic_json_problems`; a
+    category outside the metadata's maps is one too), every problem in one DatasetFileError.
     """
     content = load_json_file(json_file)
+    require_object(content, json_file, "a COCO panoptic annotation file")
     try:
+        problems = DatasetProblems()
+        problems.extend(panoptic_json_problems(content, json_file))
+        known = meta["stuff_dataset_id_to_contiguous_id"].keys() | meta["thing_dataset_id_to_contiguous_id"].keys()
+        for category in content.get("categories", []):
+            if isinstance(category, dict) and category.get("id") not in known:
+                problems.add(f"{json_file}: category id {category.get('id')!r} is not a class of this dataset")
+        problems.raise_if_any(f"{json_file} cannot be used")
         return _panoptic_records(content, json_file, image_dir, panoptic_dir, semantic_dir, meta)
     except JSON_LAYOUT_ERRORS as error:
         raise malformed_json(json_file, error, "a COCO panoptic annotation file") from error
@@ -47,22 +61,18 @@ def _panoptic_records(content: Dict, json_file: str, image_dir: str, panoptic_di
     images = {image["id"]: image for image in content["images"]}
     dataset_dicts = []
     for ann in content["annotations"]:
-        image = images.get(ann["image_id"])
-        if image is None:
-            raise ValueError(f"{json_file}: annotation of image_id {ann['image_id']} has no image entry")
+        image = images[ann["image_id"]]
         record = {
             "file_name": os.path.join(image_dir, image["file_name"]),
             "image_id": ann["image_id"],
             "height": image["height"],
             "width": image["width"],
             "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
-            "segments_info": [_to_contiguous(s, meta, json_file) for s in ann["segments_info"]],
+            "segments_info": [_to_contiguous(s, meta) for s in ann["segments_info"]],
         }
         if semantic_dir is not None:
             record["sem_seg_file_name"] = os.path.join(semantic_dir, ann["file_name"])
         dataset_dicts.append(record)
-    if not dataset_dicts:
-        raise ValueError(f"{json_file} has no annotations")
     first = dataset_dicts[0]
     for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
         if key in first and not os.path.isfile(first[key]):

@@ -34,6 +34,15 @@ def malformed_json(json_file: str, error: Exception, layout: str) -> DatasetFile
     return DatasetFileError(f"{json_file} does not have the layout of {layout} ({type(error).__name__}: {error})")
 
 
+def require_object(content: Any, json_file: str, layout: str) -> None:
+    """A DatasetFileError naming ``json_file`` when its top level is not a JSON object."""
+    if not isinstance(content, dict):
+        raise DatasetFileError(
+            f"{json_file} does not have the layout of {layout} (its top level is a {type(content).__name__}, "
+            "not an object)"
+        )
+
+
 def load_json_file(json_file: str) -> Any:
     """The parsed JSON of a dataset annotation file (a DatasetFileError naming it when it is malformed)."""
     with open(json_file) as f:

@@ -1,14 +1,13 @@
 """ADE20K (ADEChallengeData2016): 150-class panoptic and 100-class instance splits, plus missing-path
 checks and colours for detectron2's own "ade20k_sem_seg_{train,val}"."""
 import os
-from typing import Dict, List
 
 from detectron2.data import MetadataCatalog
-from detectron2.data.datasets.coco import load_coco_json
 
 from .ade20k_categories import ADE20K_150_COLORS, ade20k_instance_metadata, ade20k_panoptic_metadata
 from .panoptic_json import register_panoptic_with_sem_seg
-from .paths import JSON_LAYOUT_ERRORS, JSON_SYNTAX_ERRORS, add_path_check, malformed_json, register_checked
+from .coco_json import load_coco_instances
+from .paths import add_path_check, register_checked
 
 _ADE_ZIP = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
 _INSTANCE_TAR = "http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar"
@@ -23,21 +22,6 @@ _PANOPTIC_REMEDY = (
     "python datasets/prepare_ade20k_pan_seg.py"
 )
 _SPLITS = {"train": "training", "val": "validation"}
-
-
-def load_coco_json_with_fixed_ids(json_file: str, image_root: str, id_map: Dict[int, int]) -> List[Dict]:
-    """detectron2's COCO reader, with category ids mapped by a fixed dataset-to-contiguous map
-    (the metadata is set at registration and never rewritten from the JSON)."""
-    try:
-        dataset_dicts = load_coco_json(json_file, image_root, dataset_name=None)
-    except JSON_SYNTAX_ERRORS + JSON_LAYOUT_ERRORS as error:  # pycocotools' messages have no file name
-        raise malformed_json(json_file, error, "a COCO annotation file") from error
-    for record in dataset_dicts:
-        for ann in record.get("annotations", []):
-            if ann["category_id"] not in id_map:
-                raise ValueError(f"{json_file}: unknown category_id {ann['category_id']}")
-            ann["category_id"] = id_map[ann["category_id"]]
-    return dataset_dicts
 
 
 def register_ade20k_panoptic(root: str) -> None:
@@ -72,9 +56,7 @@ def register_ade20k_instance(root: str) -> None:
         name = f"ade20k_instance_{split}"
         register_checked(
             name,
-            lambda j=json_file, i=image_root: load_coco_json_with_fixed_ids(
-                j, i, meta["thing_dataset_id_to_contiguous_id"]
-            ),
+            lambda j=json_file, i=image_root: load_coco_instances(j, i, meta["thing_dataset_id_to_contiguous_id"]),
             [(image_root, _IMAGES_REMEDY), (json_file, _INSTANCE_REMEDY)],
         )
         MetadataCatalog.get(name).set(

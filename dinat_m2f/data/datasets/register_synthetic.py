@@ -9,7 +9,7 @@ from typing import Dict, List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .panoptic_json import load_panoptic_json
-from .register_ade20k import load_coco_json_with_fixed_ids
+from .coco_json import load_coco_instances
 from .synthetic import IGNORE_LABEL, LABEL_DIVISOR, SyntheticSpec, generate_synthetic_dataset
 from .synthetic import split_paths, synthetic_metadata
 
@@ -37,9 +37,7 @@ def _load_panoptic(name: str, paths: Dict[str, str], meta: Dict) -> List[Dict]:
 
 def _load_instances(name: str, paths: Dict[str, str], meta: Dict) -> List[Dict]:
     ensure_synthetic_files(name)
-    return load_coco_json_with_fixed_ids(
-        paths["instances_json"], paths["image_root"], meta["thing_dataset_id_to_contiguous_id"]
-    )
+    return load_coco_instances(paths["instances_json"], paths["image_root"], meta["thing_dataset_id_to_contiguous_id"])
 
 
 def _load_semantic(name: str, paths: Dict[str, str], meta: Dict) -> List[Dict]:

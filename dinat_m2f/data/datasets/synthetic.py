@@ -9,7 +9,8 @@ Layout of ``<root>/synthetic/`` (COCO's, one folder per split)::
     panoptic_semseg_train/000000.png ...  semantic labels, contiguous ids 0..4, 255 = void
     annotations/panoptic_train.json       COCO panoptic JSON
     annotations/instances_train.json      COCO instance JSON (RLE masks of the visible parts)
-    (same for val) and spec.json, written last, recording what was generated.
+    (same for val), synthetic.yaml (a dataset description of the panoptic splits, registering
+    synthetic_shapes_{train,val} through ``--dataset``) and spec.json, written last, recording what was generated.
 
 Generation is deterministic (one seeded generator per image), takes a few seconds, and is safe when
 several processes start at once: each writes into its own temporary folder and renames it into place.
@@ -26,13 +27,17 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 from panopticapi.utils import id2rgb
+
+from .coco_json import mask_annotation
+from .description import write_dataset_description
 
 logger = logging.getLogger(__name__)
 
 # Bump when the generated content changes: existing folders with another version are regenerated.
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
+DESCRIPTION_FILE = "synthetic.yaml"
+DESCRIPTION_NAME = "synthetic_shapes"  # not "synthetic": synthetic_train is the registered instance split
 
 # Category ids are not contiguous on purpose (like COCO's), so the id maps are exercised.
 SYNTHETIC_CATEGORIES: List[Dict] = [
@@ -240,21 +245,9 @@ def _write_split(directory: str, split: str, spec: SyntheticSpec) -> None:
             {"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info}
         )
         for segment in segments_info:
-            if segment["category_id"] not in _THING_IDS:
-                continue
-            rle = mask_util.encode(np.asfortranarray((panoptic == segment["id"]).astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            instance_annotations.append(
-                {
-                    "id": len(instance_annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": segment["category_id"],
-                    "segmentation": rle,
-                    "area": segment["area"],
-                    "bbox": segment["bbox"],
-                    "iscrowd": 0,
-                }
-            )
+            if segment["category_id"] in _THING_IDS:
+                annotation = mask_annotation(panoptic == segment["id"], image_id, segment["category_id"])
+                instance_annotations.append({"id": len(instance_annotations) + 1, **annotation})
 
     os.makedirs(os.path.dirname(paths["panoptic_json"]), exist_ok=True)
     info = {"description": f"dinat_m2f synthetic shapes, {split}", "version": SYNTHETIC_VERSION}
@@ -265,6 +258,15 @@ def _write_split(directory: str, split: str, spec: SyntheticSpec) -> None:
         json.dump({"info": info, "images": images, "annotations": instance_annotations,
                    "categories": [{k: c[k] for k in ("id", "name", "supercategory")} for c in _THINGS]},
                   f)  # fmt: skip
+
+
+def _write_description(directory: str) -> None:
+    splits = {}
+    for split in ("train", "val"):
+        paths = {k: os.path.relpath(v, directory) for k, v in split_paths(directory, split).items()}
+        splits[split] = {"images": paths["image_root"], "annotations": paths["panoptic_json"],
+                         "masks": paths["panoptic_root"]}  # fmt: skip
+    write_dataset_description(os.path.join(directory, DESCRIPTION_FILE), DESCRIPTION_NAME, "coco_panoptic", splits)
 
 
 def _spec_record(spec: SyntheticSpec) -> Dict:
@@ -291,6 +293,7 @@ def generate_synthetic_dataset(directory: str, spec: SyntheticSpec = SyntheticSp
     try:
         for split in ("train", "val"):
             _write_split(staging, split, spec)
+        _write_description(staging)
         with open(os.path.join(staging, "spec.json"), "w") as f:
             json.dump(_spec_record(spec), f)
         _move_into_place(staging, directory, spec)
