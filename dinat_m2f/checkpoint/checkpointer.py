@@ -10,8 +10,8 @@
 """
 import glob
 import os
-from typing import Any, Dict, List, Optional
-from urllib.parse import urlparse
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -22,6 +22,16 @@ from .readers import CheckpointFileError, read_checkpoint_file
 __all__ = ["SafeDetectionCheckpointer"]
 
 LAST_CHECKPOINT = "last_checkpoint"
+
+
+def _split_loader_query(url: str) -> Tuple[str, str]:
+    """(the URL to download, "?matching_heuristics=..." or ""): detectron2's query parameter is an option of
+    the loader; the rest of the query (a token, a file id) belongs to the server and is kept verbatim."""
+    parts = urlsplit(url)
+    items = parts.query.split("&") if parts.query else []
+    loader = [item for item in items if item.split("=", 1)[0] == "matching_heuristics"]
+    server = [item for item in items if item not in loader]
+    return parts._replace(query="&".join(server)).geturl(), "?" + "&".join(loader) if loader else ""
 
 
 class SafeDetectionCheckpointer(DetectionCheckpointer):
@@ -39,12 +49,12 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             self._parsed_url_during_load = None  # detectron2 leaves it set when reading the file fails
 
     def _load_url(self, url: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
-        parsed = urlparse(url)  # a query such as "?matching_heuristics=True" is not part of the file
-        local = cached_download(parsed._replace(query="").geturl())
+        download_url, loader_query = _split_loader_query(url)
+        local = cached_download(download_url)
         try:
-            return self.load(local + (f"?{parsed.query}" if parsed.query else ""), checkpointables)
+            return self.load(local + loader_query, checkpointables)
         except CheckpointFileError as error:
-            if os.path.exists(local):
+            if os.path.exists(local):  # inside the cache: cached_download refuses URLs that would leave it
                 os.remove(local)
             raise CheckpointFileError(
                 f"{url} was downloaded to {local} but cannot be loaded; the cached copy was removed, so the next "
