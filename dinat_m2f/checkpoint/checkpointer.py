@@ -1,7 +1,9 @@
 """`SafeDetectionCheckpointer`: detectron2's `DetectionCheckpointer` (same "model" / "optimizer" /
 "scheduler" / "iteration" handling, same missing/unexpected key reports, same matching heuristics) that
 
-- reads every file through the safe readers of :mod:`.readers` (no code from a checkpoint ever runs);
+- reads every file through the safe readers of :mod:`.readers` (no code from a checkpoint ever runs), only
+  regular files, and refuses weights that would load silently wrong (:mod:`.values`);
+- refuses a resume whose checkpoint has other shapes than the model (a config changed since it was written);
 - downloads http(s) MODEL.WEIGHTS once into the cache (:func:`.files.cached_download`);
 - writes checkpoints and ``last_checkpoint`` atomically (:func:`.files.atomic_write`);
 - resumes from the newest checkpoint that can be read: when the one ``last_checkpoint`` names is
@@ -11,13 +13,14 @@
 import glob
 import os
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import urlparse, urlsplit
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .files import TEMPORARY_SUFFIX, atomic_write, cached_download, is_url
-from .readers import CheckpointFileError, read_checkpoint_file
+from .readers import CheckpointFileError, check_regular_file, read_checkpoint_file
+from .values import check_weight_values
 
 __all__ = ["SafeDetectionCheckpointer"]
 
@@ -38,11 +41,17 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     """detectron2's DetectionCheckpointer with safe readers, atomic saves, URL weights and a resume that
     falls back to the newest readable checkpoint (see the module docstring)."""
 
+    _loading_file = ""  # the file being read, for messages about its contents
+    _restores_training_state = False  # this load also restores checkpointables (a resume)
+
     # ---- reading
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         if path and is_url(path):
             return self._load_url(path, checkpointables)
+        if path:
+            check_regular_file(urlparse(path)._replace(query="").geturl())  # detectron2 reads "?matching_heuristics"
+        self._restores_training_state = checkpointables is None or bool(checkpointables)
         try:
             return super().load(path, checkpointables)
         finally:
@@ -62,6 +71,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             ) from error
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        self._loading_file = filename
         if os.path.splitext(filename)[1] in (".pkl", ".pyth"):
             checkpoint = read_checkpoint_file(filename)
             if checkpoint["__author__"] != "Caffe2":
@@ -73,6 +83,27 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
     def _torch_load(self, filename: str) -> Dict[str, Any]:
         return read_checkpoint_file(filename)
+
+    def _convert_ndarray_to_tensor(self, state_dict: Dict[str, Any]) -> None:
+        # fvcore calls this on the weights under the model's names (after detectron2's renaming), right before
+        # comparing shapes and loading: the last point where wrong values can be refused
+        super()._convert_ndarray_to_tensor(state_dict)
+        check_weight_values(self._loading_file, state_dict, self.model.state_dict())
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        incompatible = super()._load_model(checkpoint)
+        if incompatible.incorrect_shapes and self._restores_training_state and self.checkpointables.keys() & checkpoint:
+            # fvcore skipped these weights with a warning, but the optimizer state saved with them has the old
+            # shapes and would fail at the first step with a bare tensor-size error
+            shapes = "; ".join(f"{key}: {tuple(saved)} in the checkpoint, {tuple(model)} in the model"
+                               for key, saved, model in incompatible.incorrect_shapes)
+            raise ValueError(
+                f"Cannot resume from {self._loading_file}: the model's shapes differ from the checkpoint's ({shapes}). "
+                "The config changed since it was written (e.g. MODEL.MASK_FORMER.NUM_OBJECT_QUERIES or the class "
+                "count); resume with the config it was written with, or start a new run in another OUTPUT_DIR with "
+                f"MODEL.WEIGHTS {self._loading_file} to fine-tune from its weights."
+            )
+        return incompatible
 
     # ---- writing
 
