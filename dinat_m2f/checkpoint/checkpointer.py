@@ -25,6 +25,8 @@ from .values import check_weight_values
 __all__ = ["SafeDetectionCheckpointer"]
 
 LAST_CHECKPOINT = "last_checkpoint"
+DETECTRON2_PREFIX = "detectron2://"
+DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
 def _split_loader_query(url: str) -> Tuple[str, str]:
@@ -47,6 +49,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     # ---- reading
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        if path and path.startswith(DETECTRON2_PREFIX):  # detectron2's model zoo, downloaded here rather than by iopath
+            path = DETECTRON2_URL + path[len(DETECTRON2_PREFIX):]
         if path and is_url(path):
             return self._load_url(path, checkpointables)
         if path:

@@ -209,6 +209,14 @@ def test_a_host_named_dot_dot_is_refused(cache):
         load("http://../victim/notes.txt")
 
 
+def test_detectron2_model_zoo_paths_go_through_the_same_checks(cache):
+    """detectron2://X is https://dl.fbaipublicfiles.com/detectron2/X, downloaded here (iopath's own download
+    derives the cache path from the URL path as it is, '..' included)."""
+    with pytest.raises(CheckpointFileError, match=r"Refusing the URL https://dl\.fbaipublicfiles\.com/detectron2/"
+                                                  r"\.\./\.\./notes\.txt: its path has a '\.\.' segment"):
+        load("detectron2://../../notes.txt")
+
+
 def test_a_redirect_does_not_change_where_the_file_is_cached(cache, server):
     """The cache key is the URL asked for; a redirect to a '..' path downloads into the cache like any other."""
     model = load(server.url("/weights/redirect.pth"))
