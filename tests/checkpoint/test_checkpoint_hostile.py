@@ -1,8 +1,11 @@
 """Checkpoints that loaded silently wrong or failed with an error hiding the cause: weights of the wrong dtype or
 NaN/inf values, keys that are not strings, a non-dict "blobs", an empty array in a protocol-2 pickle (accepted),
-MODEL.WEIGHTS naming a folder, a device or a FIFO, a zip bomb, and a resume after the model's shapes changed."""
+MODEL.WEIGHTS naming a folder, a device or a FIFO, a zip bomb, safetensors headers that lie, and a resume after the
+model's shapes changed."""
+import json
 import os
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -183,3 +186,23 @@ def test_resume_after_the_shapes_changed_names_the_parameter_and_both_shapes(tmp
     fine_tuned = Queries(200)
     SafeDetectionCheckpointer(fine_tuned, str(tmp_path / "new_run")).load(str(tmp_path / "model_0000009.pth"), [])
     assert torch.equal(fine_tuned.head.weight, model.head.weight)
+
+
+def safetensors_file(path, header: dict, data: bytes = b"", header_length=None):
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text) if header_length is None else header_length) + text + data)
+    return path
+
+
+@pytest.mark.parametrize("name, header, data, header_length", [
+    ("huge_header", {}, b"", 1 << 60),
+    ("offsets_past_the_end", {"weight": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}}, b"", None),
+    ("shape_and_offsets_disagree", {"weight": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 16]}},
+     bytes(16), None),
+    ("overlapping", {"weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                     "bias": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, bytes(24), None),
+])  # fmt: skip
+def test_safetensors_structural_attacks_are_named_without_allocating(tmp_path, name, header, data, header_length):
+    path = safetensors_file(tmp_path / f"{name}.safetensors", header, data, header_length)
+    with address_space_budget(128 << 20), pytest.raises(CheckpointFileError, match=f"{name}\\.safetensors"):
+        load(path)

@@ -73,6 +73,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         while not self.server.stop.is_set():
             self.wfile.write(block)
 
+    def longer_than_announced(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.server.payload) // 2))
+        self.end_headers()
+        self.wfile.write(self.server.payload)
+
     def huge_announced(self):
         self.send_response(200)
         self.send_header("Content-Length", str(1 << 40))
@@ -126,6 +132,7 @@ ROUTES = {
     "/weights/by_query.pth": "by_query",
     "/weights/endless.pth": "endless",
     "/weights/huge.pth": "huge_announced",
+    "/weights/short_length.pth": "longer_than_announced",
     "/weights/drip.pth": "drip_body",
     "/weights/drip_headers.pth": "drip_headers",
     "/weights/login.pth": "html",
@@ -319,6 +326,15 @@ def test_bad_limits_are_named(cache, server, monkeypatch, name, value):
         load(server.url("/weights/good.pth"))
 
 
+def test_a_content_length_shorter_than_the_body_is_named_and_not_kept(cache, server):
+    """The announced length is what is read: the copy is the file's first half, which does not load."""
+    url = server.url("/weights/short_length.pth")
+    with pytest.raises(CheckpointFileError) as error:
+        load(url)
+    assert url in str(error.value) and "is truncated" in str(error.value) and "cached copy was removed" in str(error.value)
+    assert files_under(cache) == []
+
+
 def test_redirect_loops_and_redirects_to_other_schemes_are_errors(cache, server):
     with pytest.raises(CheckpointFileError, match=r"Cannot download .*/loop\.pth: HTTP 302 .*infinite loop"):
         load(server.url("/loop.pth"))
@@ -372,3 +388,43 @@ def test_a_download_killed_outright_is_cleaned_up_by_the_next(cache, server):
     load(url)
     assert not leftover.exists()
     assert files_under(cache) == [str(Path(cache_path(url)).relative_to(cache))]
+
+
+FULL_DISK = """
+import os, resource, signal, sys
+from torch import nn
+from dinat_m2f.checkpoint import CheckpointFileError, SafeDetectionCheckpointer, cached_download
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+os.makedirs(sys.argv[1])
+checkpointer = SafeDetectionCheckpointer(nn.Linear(2, 2), sys.argv[1])
+checkpointer.save("model_0000004", iteration=4)
+checkpointer.model = nn.Linear(200, 200)  # 160 kB
+try:
+    checkpointer.save("model_0000009", iteration=9)
+except Exception as error:  # torch reports the failed write as a RuntimeError
+    print("save failed:", error.__context__ or error, flush=True)
+try:
+    cached_download(sys.argv[2])
+except CheckpointFileError as error:
+    print("download:", error, flush=True)
+"""
+
+
+def test_a_full_disk_leaves_no_partial_file(tmp_path, cache):
+    """Writes that fail (here past a file-size limit, as on a full disk) leave the previous checkpoint, no
+    partial checkpoint, and nothing in the download cache."""
+    big = start_server(checkpoint_bytes(tmp_path, nn.Linear(200, 200)))
+    try:
+        url = big.url("/weights/good.pth")
+        env = dict(os.environ, PYTHONPATH=str(REPO), FVCORE_CACHE=str(cache))
+        result = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "out"), url], env=env,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        stop_server(big)
+    assert result.returncode == 0, result.stderr
+    assert "save failed: [Errno 27] File too large" in result.stdout
+    assert f"download: Cannot download {url}: cannot write to the cache (File too large)" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last_checkpoint", "model_0000004.pth"]
+    assert (tmp_path / "out" / "last_checkpoint").read_text() == "model_0000004.pth"
+    assert files_under(cache) == []
