@@ -125,21 +125,16 @@ def _refuse_overwriting_inputs(planned: List[Path], paths: List[Path], output: s
                              "give an output folder or file where no input is")
 
 
-def output_names(paths: List[Path], output: str) -> List[Path]:
-    """Visualization path for every input. A folder output (an existing folder, or a name without an
-    image extension) gets one file per input named like it; where names repeat (the same name in two folders,
-    x.png and x.tif, or an input named like another's result file) a suffix _1, _2, ... makes every file this
-    run writes unique. An output that would overwrite an input is refused."""
+def _planned_outputs(paths: List[Path], output: str) -> Tuple[List[Path], List[Path], List[Tuple[Path, Path]]]:
+    """(the visualization of each input, every file the run writes, the inputs whose name got a suffix)."""
     if Path(output).suffix.lower() in IMAGE_EXTENSIONS and not os.path.isdir(output):
         if len(paths) != 1:
             raise SystemExit(f"--output {output} is a single file, but there are {len(paths)} inputs: "
                              "give a folder instead")
         destination = Path(output)
-        _refuse_overwriting_inputs([destination, *result_files(destination.with_suffix(""))], paths, output)
-        os.makedirs(destination.parent, exist_ok=True)
-        return [destination]
+        return [destination], [destination, *result_files(destination.with_suffix(""))], []
     taken: set = set()  # every file name this run writes, case-folded (case-insensitive file systems)
-    names, planned = [], []
+    names, planned, renamed = [], [], []
     for path in paths:
         for index in itertools.count():
             stem = path.stem if index == 0 else f"{path.stem}_{index}"
@@ -150,9 +145,31 @@ def output_names(paths: List[Path], output: str) -> List[Path]:
         planned += files
         names.append(files[0])
         if index:
-            logger.warning("%s is written as %s (its name is taken by another input or its results)", path, files[0])
+            renamed.append((path, files[0]))
+    return names, planned, renamed
+
+
+def check_outputs(paths: List[Path], output: str, video: Optional[str]) -> None:
+    """Refuse, before any work, an --output that would overwrite an input image or the input video."""
+    if paths:
+        _refuse_overwriting_inputs(_planned_outputs(paths, output)[1], paths, output)
+    if video:
+        destination = video_destination(video, output)
+        if os.path.exists(destination) and os.path.samefile(destination, video):
+            raise SystemExit(f"--output {output} would overwrite the input video {video}: give another output")
+
+
+def output_names(paths: List[Path], output: str) -> List[Path]:
+    """Visualization path for every input. A folder output (an existing folder, or a name without an
+    image extension) gets one file per input named like it; where names repeat (the same name in two folders,
+    x.png and x.tif, or an input named like another's result file) a suffix _1, _2, ... makes every file this
+    run writes unique. An output that would overwrite an input is refused."""
+    names, planned, renamed = _planned_outputs(paths, output)
     _refuse_overwriting_inputs(planned, paths, output)
-    os.makedirs(output, exist_ok=True)
+    for path, name in renamed:
+        logger.warning("%s is written as %s (its name is taken by another input or its results)", path, name)
+    for folder in {name.parent for name in names}:
+        os.makedirs(folder, exist_ok=True)
     return names
 
 
@@ -206,12 +223,15 @@ def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str]
     return done, skipped
 
 
+def video_destination(video: str, output: str) -> str:
+    return output if Path(output).suffix else os.path.join(output, Path(video).stem + ".mp4")
+
+
 def run_on_video(predictor: Predictor, video: str, output: Optional[str], confidence_threshold: float) -> None:
     destination = None
     if output:
-        destination = output if Path(output).suffix else os.path.join(output, Path(video).stem + ".mp4")
-        if os.path.exists(destination) and os.path.samefile(destination, video):
-            raise SystemExit(f"--output {output} would overwrite the input video {video}: give another output")
+        check_outputs([], output, video)
+        destination = video_destination(video, output)
     capture = cv2.VideoCapture(video)
     if not capture.isOpened():
         raise SystemExit(f"Cannot open the video {video}")
@@ -269,6 +289,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     paths, empty = expand_inputs(args.input)
     if not paths and not args.video_input:
         raise SystemExit(f"No image in {' '.join(args.input)}")
+    if args.output:
+        check_outputs(paths, args.output, args.video_input)
     reuse_freed_memory()
     predictor = Predictor(setup_cfg(args), exported=args.onnx or args.pt2)
 

@@ -52,13 +52,13 @@ def test_results_never_overwrite_each_other(tmp_path, demo_opts):  # noqa: F811
 @pytest.mark.parametrize("output", ["in", "in/photo.png"])
 def test_an_output_that_would_overwrite_an_input_is_refused(tmp_path, demo_opts, output):  # noqa: F811
     """--output equal to the input folder replaced the photos with visualizations (and the input's own name as
-    the single output file would)."""
+    the single output file would). Refused before the model is loaded (the --onnx file does not exist)."""
     write_image(tmp_path / "in" / "photo.png", 40, 48)
     write_image(tmp_path / "in" / "photo_panoptic.png", 20, 24)
     before = {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()}
     inputs = [str(tmp_path / "in")] if output == "in" else [str(tmp_path / "in" / "photo.png")]
     with pytest.raises(SystemExit, match=f"--output {tmp_path / output} would overwrite the input "):
-        run(demo_opts, "--input", *inputs, "--output", str(tmp_path / output))
+        run(demo_opts, "--input", *inputs, "--output", str(tmp_path / output), "--onnx", str(tmp_path / "none.onnx"))
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
 
 
@@ -68,7 +68,7 @@ def test_a_video_output_that_is_the_input_is_refused(tmp_path, demo_opts):  # no
     before = video.read_bytes()
     with pytest.raises(SystemExit, match=f"would overwrite the input video {video}"):
         demo.main(["--config-file", str(CONFIG), "--video-input", str(video), "--output", str(tmp_path),
-                   "--opts", *demo_opts])
+                   "--onnx", str(tmp_path / "none.onnx"), "--opts", *demo_opts])
     assert video.read_bytes() == before
 
 
