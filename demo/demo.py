@@ -28,7 +28,6 @@ import glob
 import itertools
 import logging
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -52,6 +51,7 @@ from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 from dinat_m2f.export import ImageTooLargeError  # noqa: E402
+from dinat_m2f.special_files import special_file_kind  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # The files write_results writes beside a visualization <prefix><ext>: <prefix><suffix> for each task.
@@ -173,20 +173,6 @@ def output_names(paths: List[Path], output: str) -> List[Path]:
     return names
 
 
-def _not_a_regular_file(path: Path) -> Optional[str]:
-    """Why ``path`` is not read (a folder, FIFO or device exists there), or None (regular, or missing:
-    reading it reports that)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device",
-             stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
-    return next((name for test, name in kinds.items() if test(mode)), "a special file")
-
-
 def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str],
                   confidence_threshold: float) -> Tuple[int, int]:
     """Returns (number of images done, number skipped)."""
@@ -194,7 +180,7 @@ def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str]
     categories = CategoryIds(predictor.metadata)
     done = skipped = 0
     for path, destination in tqdm.tqdm(list(zip(paths, destinations)), disable=len(paths) < 2, unit="img"):
-        kind = _not_a_regular_file(path)
+        kind = special_file_kind(path)
         if kind:  # a FIFO would block the reader forever, a device never end
             logger.warning("Skipping %s: it is %s; only regular files are read", path, kind)
             skipped += 1

@@ -9,10 +9,11 @@
 YAML errors (python tags among them) propagate as yaml.YAMLError for the caller to word.
 """
 import os
-import stat
 from typing import Any, Dict, List
 
 import yaml
+
+from .special_files import special_file_kind
 
 __all__ = ["ConfigFileError", "MAX_EXPANDED_NODES", "check_config_files"]
 
@@ -47,17 +48,18 @@ def _expanded_size(node: Any, sizes: Dict[int, int], path: set) -> int:
 
 def _read(config_file: str, named_by: str) -> Dict[str, Any]:
     where = f" (the _BASE_ of {named_by})" if named_by else ""
+    kind = special_file_kind(config_file)
+    if kind:
+        raise ConfigFileError(f"Config file {config_file}{where} is {kind}, not a file")
+    if not os.path.exists(config_file):
+        raise ConfigFileError(f"Config file {config_file}{where} does not exist")
     try:
-        mode = os.stat(config_file).st_mode
+        with open(config_file, "rb") as f:  # YAML detects the encoding; undecodable bytes are a YAMLError
+            data = yaml.safe_load(f)
     except OSError as error:
         raise ConfigFileError(f"Config file {config_file}{where}: {error.strerror}") from error
-    if not stat.S_ISREG(mode):
-        raise ConfigFileError(f"Config file {config_file}{where} is not a regular file (a folder, device or FIFO)")
-    with open(config_file, "rb") as f:  # YAML detects the encoding; undecodable bytes are a YAMLError
-        try:
-            data = yaml.safe_load(f)
-        except RecursionError as error:
-            raise ConfigFileError(f"Config file {config_file}{where} is nested too deeply to be a config") from error
+    except RecursionError as error:
+        raise ConfigFileError(f"Config file {config_file}{where} is nested too deeply to be a config") from error
     if not isinstance(data, dict):
         held = "nothing (it is empty)" if data is None else f"a {type(data).__name__}"
         raise ConfigFileError(f"Config file {config_file}{where} holds {held}, not a mapping of config keys")

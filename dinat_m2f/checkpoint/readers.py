@@ -13,13 +13,13 @@ Each returns a detectron2 checkpoint dict: {"model": state_dict, ...} with "__au
 import os
 import pickle
 import pickletools
-import stat
 import zipfile
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
 
+from ..special_files import special_file_kind
 from .safe_pickle import UnsafePickleError, load_numpy_pickle
 
 __all__ = ["CheckpointFileError", "check_regular_file", "read_checkpoint_file"]
@@ -213,19 +213,13 @@ def _check_checkpoint(filename: str, checkpoint: Dict[str, Any]) -> None:
 def check_regular_file(filename: str) -> None:
     """``filename`` exists and is a regular file (or a link to one): a folder, a device such as /dev/zero
     (endless), a FIFO (blocks until written) or a socket is refused naming what it is."""
-    try:
-        mode = os.stat(filename).st_mode
-    except FileNotFoundError:
-        raise CheckpointFileError(f"Checkpoint {filename} does not exist") from None
-    except OSError as error:
-        raise CheckpointFileError(f"Cannot read checkpoint {filename}: {error.strerror}") from error
-    if not stat.S_ISREG(mode):
-        kinds = {stat.S_ISDIR: "a folder", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
-                 stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket"}
-        kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    kind = special_file_kind(filename)
+    if kind:
         raise CheckpointFileError(
             f"Checkpoint {filename} is {kind}, not a file: checkpoints are read from regular files only"
         )
+    if not os.path.exists(filename):
+        raise CheckpointFileError(f"Checkpoint {filename} does not exist")
 
 
 def read_checkpoint_file(filename: str) -> Dict[str, Any]:
