@@ -29,7 +29,9 @@ def check_weight_values(filename: str, weights: Dict[str, Any], model_state: Dic
             continue
         if target.is_floating_point() and not value.is_floating_point():
             wrong_dtype.append(f"{key} ({value.dtype}, the model's is {target.dtype})")
-        elif value.is_floating_point() and value.numel():
+        elif value.is_floating_point() and not torch.isfinite(value.sum()):
+            # a NaN or infinity makes the sum non-finite (a reduction, no copy); an overflowing sum of finite
+            # values also lands here and is counted exactly
             bad = value.numel() - int(torch.isfinite(value).sum())
             if bad:
                 not_finite.append(f"{key} ({bad} of {value.numel()} values)")
