@@ -53,6 +53,8 @@ from dinat_m2f.engine import (
     default_setup,
     launch,
     launch_from_environment,
+    launches_rank_zero,
+    lock_output_dir,
     preserved_rng_states,
     process_group_timeout,
     reuse_freed_memory,
@@ -248,6 +250,8 @@ def invoke_main() -> None:
     # process-group backend (NCCL for CUDA, gloo for CPU).
     cfg = load_config(args)
     check_eval_only_weights(cfg, args)
+    if not args.eval_only and launches_rank_zero(args.machine_rank):
+        lock_output_dir(cfg.OUTPUT_DIR)  # a second training in this OUTPUT_DIR stops here, naming the holder
     use_cuda = cfg.MODEL.DEVICE.startswith("cuda")
     timeout = timedelta(minutes=args.dist_timeout)
     if started_by_torchrun():

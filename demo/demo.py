@@ -5,28 +5,30 @@
         --input a.jpg b.png photos/ 'shots/*.jpg' --output out/ \
         --opts MODEL.WEIGHTS mask2former_dinat_large_coco_panoptic.pth
 
-For each image, out/ receives the visualization (same file name as the input) and the machine-readable
-results of every task the model has on (MODEL.MASK_FORMER.TEST.*_ON): <name>_panoptic.png + .json (COCO
-panoptic format), <name>_instances.json (COCO results, RLE masks), <name>_sem_seg.png (label ids).
+For each image, out/ receives the visualization (same file name as the input; _1, _2, ... added where two
+inputs' files would get the same name) and the machine-readable results of every task the model has on
+(MODEL.MASK_FORMER.TEST.*_ON): <name>_panoptic.png + .json (COCO panoptic format), <name>_instances.json
+(COCO results, RLE masks), <name>_sem_seg.png (label ids).
 Results are written at the input's size. An image larger than the model's test size (INPUT.MIN_SIZE_TEST /
 MAX_SIZE_TEST, e.g. a 6000x6000 photo) is post-processed at the resized size the model saw, so that memory is
 bounded by the test size: its visualization (and a video's frames) are drawn on that resized image, and only
 the final maps are upsampled (nearest neighbour) to the input's size for the result files.
 An --output with an image extension names the single visualization file (results are written beside it);
-without --output the visualizations are shown in a window. Unreadable inputs, and folders or patterns
-without images, are reported and skipped; the exit status is 1 if any input was skipped (an error if no image
-is left). A video output that cannot be written is an error; a video that ends before the frame count its
-header announces is reported.
+without --output the visualizations are shown in a window. An --output that would overwrite an input is
+refused. Unreadable inputs, inputs that are not regular files (a FIFO, a device), images larger than an
+exported network's size, and folders or patterns without images, are reported and skipped; the exit status
+is 1 if any input was skipped (an error if no image is left). A video output that cannot be written is an
+error; a video that ends before the frame count its header announces is reported.
 
 --onnx model.onnx (run by ONNX Runtime) or --pt2 model.pt2 (torch.export or AOTInductor) runs a network exported
 by tools/export_model.py from the same config instead of the PyTorch model, with the same post-processing.
 """
 import argparse
 import glob
+import itertools
 import logging
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -48,8 +50,12 @@ from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.data.image_files import read_image_file  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
+from dinat_m2f.export import ImageTooLargeError  # noqa: E402
+from dinat_m2f.special_files import special_file_kind  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# The files write_results writes beside a visualization <prefix><ext>: <prefix><suffix> for each task.
+RESULT_SUFFIXES = ("_panoptic.png", "_panoptic.json", "_instances.json", "_sem_seg.png")
 WINDOW_NAME = "dinat-m2f"
 logger = logging.getLogger("dinat_m2f.demo")
 
@@ -98,22 +104,74 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[Path], List[str]]:
     return paths, empty
 
 
-def output_names(paths: List[Path], output: str) -> List[Path]:
-    """Visualization path for every input. A folder output (an existing folder, or a name without an
-    image extension) gets one file per input named like it (made unique if names repeat)."""
+def result_files(prefix: Path) -> List[Path]:
+    return [Path(f"{prefix}{suffix}") for suffix in RESULT_SUFFIXES]
+
+
+def _refuse_overwriting_inputs(planned: List[Path], paths: List[Path], output: str) -> None:
+    inputs = {}
+    for path in paths:
+        try:
+            status = path.stat()
+        except OSError:  # missing: reported when it is read
+            continue
+        inputs[(status.st_dev, status.st_ino)] = path
+    for destination in planned:
+        try:
+            status = destination.stat()
+        except OSError:
+            continue
+        overwritten = inputs.get((status.st_dev, status.st_ino))
+        if overwritten is not None:
+            raise SystemExit(f"--output {output} would overwrite the input {overwritten} (with {destination.name}): "
+                             "give an output folder or file where no input is")
+
+
+def _planned_outputs(paths: List[Path], output: str) -> Tuple[List[Path], List[Path], List[Tuple[Path, Path]]]:
+    """(the visualization of each input, every file the run writes, the inputs whose name got a suffix)."""
     if Path(output).suffix.lower() in IMAGE_EXTENSIONS and not os.path.isdir(output):
         if len(paths) != 1:
             raise SystemExit(f"--output {output} is a single file, but there are {len(paths)} inputs: "
                              "give a folder instead")
-        os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-        return [Path(output)]
-    os.makedirs(output, exist_ok=True)
-    seen: Counter = Counter()
-    names = []
+        destination = Path(output)
+        return [destination], [destination, *result_files(destination.with_suffix(""))], []
+    taken: set = set()  # every file name this run writes, case-folded (case-insensitive file systems)
+    names, planned, renamed = [], [], []
     for path in paths:
-        seen[path.name] += 1
-        suffix = "" if seen[path.name] == 1 else f"_{seen[path.name] - 1}"
-        names.append(Path(output) / f"{path.stem}{suffix}{path.suffix}")
+        for index in itertools.count():
+            stem = path.stem if index == 0 else f"{path.stem}_{index}"
+            files = [Path(output) / f"{stem}{path.suffix}", *result_files(Path(output) / stem)]
+            if not taken & {f.name.casefold() for f in files}:
+                break
+        taken |= {f.name.casefold() for f in files}
+        planned += files
+        names.append(files[0])
+        if index:
+            renamed.append((path, files[0]))
+    return names, planned, renamed
+
+
+def check_outputs(paths: List[Path], output: str, video: Optional[str]) -> None:
+    """Refuse, before any work, an --output that would overwrite an input image or the input video."""
+    if paths:
+        _refuse_overwriting_inputs(_planned_outputs(paths, output)[1], paths, output)
+    if video:
+        destination = video_destination(video, output)
+        if os.path.exists(destination) and os.path.samefile(destination, video):
+            raise SystemExit(f"--output {output} would overwrite the input video {video}: give another output")
+
+
+def output_names(paths: List[Path], output: str) -> List[Path]:
+    """Visualization path for every input. A folder output (an existing folder, or a name without an
+    image extension) gets one file per input named like it; where names repeat (the same name in two folders,
+    x.png and x.tif, or an input named like another's result file) a suffix _1, _2, ... makes every file this
+    run writes unique. An output that would overwrite an input is refused."""
+    names, planned, renamed = _planned_outputs(paths, output)
+    _refuse_overwriting_inputs(planned, paths, output)
+    for path, name in renamed:
+        logger.warning("%s is written as %s (its name is taken by another input or its results)", path, name)
+    for folder in {name.parent for name in names}:
+        os.makedirs(folder, exist_ok=True)
     return names
 
 
@@ -124,13 +182,23 @@ def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str]
     categories = CategoryIds(predictor.metadata)
     done = skipped = 0
     for path, destination in tqdm.tqdm(list(zip(paths, destinations)), disable=len(paths) < 2, unit="img"):
+        kind = special_file_kind(path)
+        if kind:  # a FIFO would block the reader forever, a device never end
+            logger.warning("Skipping %s: it is %s; only regular files are read", path, kind)
+            skipped += 1
+            continue
         try:
             image = read_image_file(str(path), "RGB", apply_exif=True)  # 8-bit RGB of any image, upright
         except Exception as e:  # PIL raises several types for missing, truncated or non-image files
             logger.warning("Skipping %s: cannot read it as an image (%s)", path, e)
             skipped += 1
             continue
-        prediction = predictor(image)
+        try:
+            prediction = predictor(image)
+        except ImageTooLargeError as e:  # an exported network takes images up to its size
+            logger.warning("Skipping %s: %s", path, e)
+            skipped += 1
+            continue
         vis = visualize(prediction, predictor.metadata, confidence_threshold)
         if destination is None:
             show(vis.get_image(), wait_ms=0)
@@ -143,7 +211,15 @@ def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str]
     return done, skipped
 
 
+def video_destination(video: str, output: str) -> str:
+    return output if Path(output).suffix else os.path.join(output, Path(video).stem + ".mp4")
+
+
 def run_on_video(predictor: Predictor, video: str, output: Optional[str], confidence_threshold: float) -> None:
+    destination = None
+    if output:
+        check_outputs([], output, video)
+        destination = video_destination(video, output)
     capture = cv2.VideoCapture(video)
     if not capture.isOpened():
         raise SystemExit(f"Cannot open the video {video}")
@@ -151,8 +227,7 @@ def run_on_video(predictor: Predictor, video: str, output: Optional[str], confid
     height, width = predictor.output_size(height, width)  # frames are drawn at the outputs' size
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer = None
-    if output:
-        destination = output if Path(output).suffix else os.path.join(output, Path(video).stem + ".mp4")
+    if destination:
         os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
         writer = cv2.VideoWriter(destination, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         if not writer.isOpened():  # OpenCV does not raise: a folder, an unknown extension, no permission
@@ -202,13 +277,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     paths, empty = expand_inputs(args.input)
     if not paths and not args.video_input:
         raise SystemExit(f"No image in {' '.join(args.input)}")
+    if args.output:
+        check_outputs(paths, args.output, args.video_input)
     reuse_freed_memory()
     predictor = Predictor(setup_cfg(args), exported=args.onnx or args.pt2)
 
     skipped = len(empty)
     if paths:
         done, unreadable = run_on_images(predictor, paths, args.output, args.confidence_threshold)
-        logger.info("Processed %d images%s", done, f", skipped {unreadable} unreadable" if unreadable else "")
+        logger.info("Processed %d images%s", done, f", skipped {unreadable} (named above)" if unreadable else "")
         skipped += unreadable
     if args.video_input:
         run_on_video(predictor, args.video_input, args.output, args.confidence_threshold)

@@ -12,6 +12,9 @@ import torch
 import yaml
 from detectron2.config import CfgNode as CN
 
+from .config_files import ConfigFileError, check_config_files
+from .config_values import check_config_values
+
 
 def add_maskformer2_config(cfg: CN) -> None:
     """Add the keys of Mask2Former (and of DeepLab, whose config Mask2Former's trainer also adds)."""
@@ -271,14 +274,18 @@ def load_project_config(config_file: str, opts: Sequence[str] = (), dataset_file
     and the tools.
 
     YAML is read with ``yaml.safe_load`` (detectron2 falls back to ``yaml.unsafe_load``, which runs python
-    tags): a python tag in any of the files is a ValueError naming that file and the tag. An unknown key,
-    a value of the wrong type or a missing file is a ValueError naming where it came from; INPUT.FORMAT
-    must be one of INPUT_FORMATS. MODEL.DEVICE "cuda" falls back to "cpu" on a machine without CUDA, so
+    tags): a python tag in any of the files is a ValueError naming that file and the tag. Files that are not
+    mappings, alias bombs and _BASE_ cycles are refused first (:mod:`.config_files`), and values out of range
+    are listed, all at once (:mod:`.config_values`). An unknown key, a value of the wrong type or a missing
+    file is a ValueError naming where it came from; INPUT.FORMAT must be one of INPUT_FORMATS. MODEL.DEVICE "cuda" falls back to "cpu" on a machine without CUDA, so
     the synthetic configs run on a laptop unchanged. Returns an unfrozen config.
     """
     cfg = get_project_cfg()
     try:
+        check_config_files(config_file)
         cfg.merge_from_file(config_file, allow_unsafe=False)
+    except ConfigFileError:
+        raise
     except yaml.YAMLError as error:
         raise ValueError(_yaml_error_message(config_file, error)) from error
     except (KeyError, AssertionError, ValueError, TypeError) as error:
@@ -292,6 +299,7 @@ def load_project_config(config_file: str, opts: Sequence[str] = (), dataset_file
             f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} (from {config_file} or the command line) is not supported: "
             f"use one of {', '.join(INPUT_FORMATS)}, the channel order PIXEL_MEAN and PIXEL_STD are given in"
         )
+    check_config_values(cfg, f"{config_file} (with its _BASE_ files and the command line)")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).info("CUDA is not available: running on the CPU")
         cfg.MODEL.DEVICE = "cpu"

@@ -33,7 +33,7 @@ from torch.torch_version import TorchVersion
 from .modeling.postprocessing import MaskFormerPostProcessor
 
 __all__ = ["MaskFormerNetwork", "export_onnx", "export_pt2", "load_exported", "ExportedMaskFormer",
-           "INPUT_NAME", "OUTPUT_NAMES", "ONNX_OPSET"]
+           "ImageTooLargeError", "INPUT_NAME", "OUTPUT_NAMES", "ONNX_OPSET"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ def load_exported(path: str | Path, threads: int | None = None) -> Tuple[Network
     return (lambda image: tuple(module(image))), tuple(image_node.meta["val"].shape[2:])
 
 
+class ImageTooLargeError(ValueError):
+    """An image larger than the size an exported network was made for (after the config's test resize)."""
+
+
 class ExportedMaskFormer:
     """An exported network with MaskFormer's interface: a list of dataset-mapper style inputs ("image" (C, H, W)
     in INPUT.FORMAT order, optional "height", "width") -> per image the results MaskFormer returns. Images are
@@ -169,7 +173,7 @@ class ExportedMaskFormer:
             height, width = image.shape[-2:]
             padded_h, padded_w = self.input_size
             if height > padded_h or width > padded_w:
-                raise ValueError(
+                raise ImageTooLargeError(
                     f"An image of {height}x{width} (after the config's test resize) does not fit {self.path}, "
                     f"exported for {padded_h}x{padded_w}: export it for a larger --size")
             padded = F.pad(image, (0, padded_w - width, 0, padded_h - height))[None]

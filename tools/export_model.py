@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.export import ONNX_OPSET, MaskFormerNetwork, export_onnx, export_pt2, load_exported  # noqa: E402
 
 logger = logging.getLogger("dinat_m2f.export_model")
+# Exported sizes are test sizes: the released configs test at up to 2048 pixels a side.
+MAX_SIDE = 8192
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -49,14 +52,31 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args: argparse.Namespace, size_divisibility: int) -> None:
+    """Every argument before any work (building and tracing the model takes minutes)."""
+    problems = []
     suffix = ".onnx" if args.format == "onnx" else ".pt2"
     if Path(args.output).suffix != suffix:
-        raise SystemExit(f"--output {args.output}: a {args.format} file must end in {suffix}")
+        problems.append(f"--output {args.output}: a {args.format} file must end in {suffix}")
+    folder = Path(args.output).parent
+    if not folder.is_dir():
+        problems.append(f"--output {args.output}: the folder {folder} does not exist")
+    elif not os.access(folder, os.W_OK):
+        problems.append(f"--output {args.output}: the folder {folder} is not writable")
+    if Path(args.output).is_dir():
+        problems.append(f"--output {args.output} is a folder: name the {suffix} file to write")
     if args.aoti and args.format != "pt2":
-        raise SystemExit("--aoti packages a pt2 export: use it with --format pt2")
-    if size_divisibility > 0 and any(s % size_divisibility for s in args.size):
-        raise SystemExit(f"--size {args.size[0]} {args.size[1]}: MaskFormer pads images to multiples of "
-                         f"MODEL.MASK_FORMER.SIZE_DIVISIBILITY = {size_divisibility}; give such a size")
+        problems.append("--aoti packages a pt2 export: use it with --format pt2")
+    height, width = args.size
+    if min(args.size) <= 0:
+        problems.append(f"--size {height} {width}: both sides must be positive")
+    elif max(args.size) > MAX_SIDE:
+        problems.append(f"--size {height} {width}: sides over {MAX_SIDE} are refused (tracing the network at that "
+                        "size needs far more memory than a machine has; memory grows with H x W)")
+    elif size_divisibility > 0 and any(s % size_divisibility for s in args.size):
+        problems.append(f"--size {height} {width}: MaskFormer pads images to multiples of "
+                        f"MODEL.MASK_FORMER.SIZE_DIVISIBILITY = {size_divisibility}; give such a size")
+    if problems:
+        raise SystemExit("\n".join(problems))
 
 
 def main(argv: list[str] | None = None) -> int:

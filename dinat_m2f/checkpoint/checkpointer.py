@@ -1,7 +1,9 @@
 """`SafeDetectionCheckpointer`: detectron2's `DetectionCheckpointer` (same "model" / "optimizer" /
 "scheduler" / "iteration" handling, same missing/unexpected key reports, same matching heuristics) that
 
-- reads every file through the safe readers of :mod:`.readers` (no code from a checkpoint ever runs);
+- reads every file through the safe readers of :mod:`.readers` (no code from a checkpoint ever runs), only
+  regular files, and refuses weights that would load silently wrong (:mod:`.values`);
+- refuses a resume whose checkpoint has other shapes than the model (a config changed since it was written);
 - downloads http(s) MODEL.WEIGHTS once into the cache (:func:`.files.cached_download`);
 - writes checkpoints and ``last_checkpoint`` atomically (:func:`.files.atomic_write`);
 - resumes from the newest checkpoint that can be read: when the one ``last_checkpoint`` names is
@@ -13,15 +15,16 @@
 """
 import glob
 import os
-from typing import Any, Dict, List, Optional
-from urllib.parse import urlparse
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import urlparse, urlsplit
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from .files import TEMPORARY_SUFFIX, atomic_write, cached_download, is_url
-from .readers import CheckpointFileError, read_checkpoint_file
+from .readers import CheckpointFileError, check_regular_file, read_checkpoint_file
+from .values import check_weight_values
 
 __all__ = ["SafeDetectionCheckpointer"]
 
@@ -29,29 +32,49 @@ LAST_CHECKPOINT = "last_checkpoint"
 # The tensors whose shape follows MODEL.SEM_SEG_HEAD.NUM_CLASSES (the classifier has one output more: no object).
 CLASS_HEAD = ("sem_seg_head.predictor.class_embed.weight", "sem_seg_head.predictor.class_embed.bias",
               "criterion.empty_weight")  # fmt: skip
+DETECTRON2_PREFIX = "detectron2://"
+DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
+
+
+def _split_loader_query(url: str) -> Tuple[str, str]:
+    """(the URL to download, "?matching_heuristics=..." or ""): detectron2's query parameter is an option of
+    the loader; the rest of the query (a token, a file id) belongs to the server and is kept verbatim."""
+    parts = urlsplit(url)
+    items = parts.query.split("&") if parts.query else []
+    loader = [item for item in items if item.split("=", 1)[0] == "matching_heuristics"]
+    server = [item for item in items if item not in loader]
+    return parts._replace(query="&".join(server)).geturl(), "?" + "&".join(loader) if loader else ""
 
 
 class SafeDetectionCheckpointer(DetectionCheckpointer):
     """detectron2's DetectionCheckpointer with safe readers, atomic saves, URL weights and a resume that
     falls back to the newest readable checkpoint (see the module docstring)."""
 
+    _loading_file = ""  # the file being read, for messages about its contents
+    _restores_training_state = False  # this load also restores checkpointables (a resume)
+
     # ---- reading
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        if path and path.startswith(DETECTRON2_PREFIX):  # detectron2's model zoo, downloaded here rather than by iopath
+            path = DETECTRON2_URL + path[len(DETECTRON2_PREFIX):]
         if path and is_url(path):
             return self._load_url(path, checkpointables)
+        if path:
+            check_regular_file(urlparse(path)._replace(query="").geturl())  # detectron2 reads "?matching_heuristics"
+        self._restores_training_state = checkpointables is None or bool(checkpointables)
         try:
             return super().load(path, checkpointables)
         finally:
             self._parsed_url_during_load = None  # detectron2 leaves it set when reading the file fails
 
     def _load_url(self, url: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
-        parsed = urlparse(url)  # a query such as "?matching_heuristics=True" is not part of the file
-        local = cached_download(parsed._replace(query="").geturl())
+        download_url, loader_query = _split_loader_query(url)
+        local = cached_download(download_url)
         try:
-            return self.load(local + (f"?{parsed.query}" if parsed.query else ""), checkpointables)
+            return self.load(local + loader_query, checkpointables)
         except CheckpointFileError as error:
-            if os.path.exists(local):
+            if os.path.exists(local):  # inside the cache: cached_download refuses URLs that would leave it
                 os.remove(local)
             raise CheckpointFileError(
                 f"{url} was downloaded to {local} but cannot be loaded; the cached copy was removed, so the next "
@@ -59,6 +82,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             ) from error
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        self._loading_file = filename
         if os.path.splitext(filename)[1] in (".pkl", ".pyth"):
             checkpoint = read_checkpoint_file(filename)
             if checkpoint["__author__"] != "Caffe2":
@@ -86,6 +110,27 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 incorrect_shapes=[entry for entry in incompatible.incorrect_shapes if entry[0] not in shapes],
             )
         super()._log_incompatible_keys(incompatible)
+
+    def _convert_ndarray_to_tensor(self, state_dict: Dict[str, Any]) -> None:
+        # fvcore calls this on the weights under the model's names (after detectron2's renaming), right before
+        # comparing shapes and loading: the last point where wrong values can be refused
+        super()._convert_ndarray_to_tensor(state_dict)
+        check_weight_values(self._loading_file, state_dict, self.model.state_dict())
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> Any:
+        incompatible = super()._load_model(checkpoint)
+        if incompatible.incorrect_shapes and self._restores_training_state and self.checkpointables.keys() & checkpoint:
+            # fvcore skipped these weights with a warning, but the optimizer state saved with them has the old
+            # shapes and would fail at the first step with a bare tensor-size error
+            shapes = "; ".join(f"{key}: {tuple(saved)} in the checkpoint, {tuple(model)} in the model"
+                               for key, saved, model in incompatible.incorrect_shapes)
+            raise ValueError(
+                f"Cannot resume from {self._loading_file}: the model's shapes differ from the checkpoint's ({shapes}). "
+                "The config changed since it was written (e.g. MODEL.MASK_FORMER.NUM_OBJECT_QUERIES or the class "
+                "count); resume with the config it was written with, or start a new run in another OUTPUT_DIR with "
+                f"MODEL.WEIGHTS {self._loading_file} to fine-tune from its weights."
+            )
+        return incompatible
 
     # ---- writing
 

@@ -1,18 +1,17 @@
 """Writing files so that a kill or power loss never leaves a partial file under the final name, and
 downloading checkpoints (MODEL.WEIGHTS as an http(s) URL) into the cache the same way."""
-import http.client
+import contextlib
+import glob
 import logging
 import os
-import shutil
-import urllib.error
-import urllib.request
+import signal
+import threading
 import uuid
-from typing import BinaryIO, Callable
-from urllib.parse import urlparse
+from typing import BinaryIO, Callable, Iterator
 
-from iopath.common.file_io import file_lock, get_cache_dir
+from iopath.common.file_io import file_lock
 
-from .readers import CheckpointFileError
+from .download import DownloadLimits, cache_path, download
 
 __all__ = ["TEMPORARY_SUFFIX", "atomic_write", "cached_download", "is_url"]
 
@@ -21,7 +20,6 @@ logger = logging.getLogger(__name__)
 # Temporary files are "<final name>.<random>.tmp" beside the final file (same file system, so the rename is
 # atomic); a run killed while writing leaves one of these, never a partial file under the final name.
 TEMPORARY_SUFFIX = ".tmp"
-_DOWNLOAD_CHUNK = 1 << 20
 
 
 def _fsync_directory(directory: str) -> None:
@@ -32,21 +30,50 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived while a temporary file was being written."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _removal_before_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM raises _Terminated (so ``except``/``finally`` blocks remove temporary files, as
+    they do on Ctrl-C), then ends the process as the signal would have. Only where SIGTERM has its default
+    action and in the main thread (the only one that can set handlers): a handler installed by someone else
+    is theirs to keep."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, flush and fsync it, then rename it to
-    ``path``. On any error the temporary file is removed and ``path`` is unchanged."""
+    ``path``. On any error, Ctrl-C or SIGTERM the temporary file is removed and ``path`` is unchanged."""
     directory = os.path.dirname(os.path.abspath(path))
     temporary = f"{path}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
-    try:
-        with open(temporary, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with _removal_before_sigterm():
+        try:
+            with open(temporary, "xb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
     _fsync_directory(directory)
 
 
@@ -54,43 +81,28 @@ def is_url(path: str) -> bool:
     return path.startswith(("http://", "https://"))
 
 
-def cache_path(url: str) -> str:
-    """Where ``url`` is cached: iopath's layout (what detectron2 uses), under $FVCORE_CACHE or
-    ~/.torch/iopath_cache, so weights detectron2 downloaded before are reused."""
-    parsed = urlparse(url)
-    return os.path.join(get_cache_dir(), os.path.dirname(parsed.path.lstrip("/")), os.path.basename(parsed.path))
-
-
-def _download(url: str, f: BinaryIO) -> None:
-    try:
-        response = urllib.request.urlopen(url, timeout=60)
-    except urllib.error.HTTPError as error:
-        raise CheckpointFileError(f"Cannot download {url}: HTTP {error.code} {error.reason}") from error
-    except (urllib.error.URLError, OSError) as error:
-        raise CheckpointFileError(f"Cannot download {url}: {getattr(error, 'reason', error)}") from error
-    with response:
-        expected = response.headers.get("Content-Length")
-        try:
-            shutil.copyfileobj(response, f, _DOWNLOAD_CHUNK)
-        except (OSError, http.client.HTTPException) as error:  # connection reset, IncompleteRead
-            raise CheckpointFileError(f"Cannot download {url}: the transfer broke off ({error!r})") from error
-    received = f.tell()
-    if expected is not None and received != int(expected):
-        raise CheckpointFileError(f"Cannot download {url}: received {received} of {expected} bytes")
-    if received == 0:
-        raise CheckpointFileError(f"Cannot download {url}: the server sent an empty file")
+def _remove_interrupted_downloads(path: str) -> None:
+    """Temporary files of downloads into ``path`` that a SIGKILL or power loss interrupted (called with the
+    download's lock held, so none of them is being written)."""
+    for leftover in glob.glob(f"{glob.escape(path)}.*{TEMPORARY_SUFFIX}"):
+        logger.info("Removing %s, left by a download that was interrupted", leftover)
+        os.remove(leftover)
 
 
 def cached_download(url: str) -> str:
-    """The local copy of ``url``, downloaded once into the cache (atomically: a broken transfer leaves no
-    file there). Raises CheckpointFileError naming the URL when the download fails."""
+    """The local copy of ``url``, downloaded once into the cache (:func:`.download.cache_path`; atomically:
+    a broken or interrupted transfer leaves no file there) within the limits of
+    :meth:`DownloadLimits.from_environment`. Raises CheckpointFileError naming the URL when the URL is refused
+    or the download fails."""
     path = cache_path(url)
     if os.path.isfile(path):
         return path
+    limits = DownloadLimits.from_environment()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with file_lock(path):  # one process downloads, the others (e.g. DDP ranks) wait and reuse its file
         if not os.path.isfile(path):
+            _remove_interrupted_downloads(path)
             logger.info("Downloading %s to %s ...", url, path)
-            atomic_write(path, lambda f: _download(url, f))
+            atomic_write(path, lambda f: download(url, f, limits))
             logger.info("Downloaded %s (%d bytes)", url, os.path.getsize(path))
     return path

@@ -19,9 +19,10 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 import torch
 
+from ..special_files import special_file_kind
 from .safe_pickle import UnsafePickleError, load_numpy_pickle
 
-__all__ = ["CheckpointFileError", "read_checkpoint_file"]
+__all__ = ["CheckpointFileError", "check_regular_file", "read_checkpoint_file"]
 
 # A torch file starts with a zip archive's signature (torch >= 1.6) or a pickle's PROTO opcode (legacy).
 _TORCH_FILE_SIGNATURES = (b"PK\x03\x04", b"\x80")
@@ -73,6 +74,9 @@ def read_numpy_pickle_file(filename: str) -> Dict[str, Any]:
     # Caffe2 / Detectron1 model zoo format: names are converted by matching heuristics
     if "blobs" in data:
         data = data["blobs"]
+        if not isinstance(data, dict):
+            raise _corrupt(filename, f"its 'blobs' is a {type(data).__name__}, not a dict of arrays")
+    _check_keys(filename, data, "its weights")
     data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
     return {"model": _native_byte_order(data), "__author__": "Caffe2", "matching_heuristics": True}
 
@@ -96,6 +100,27 @@ def _pickled_globals(filename: str) -> List[str]:
     return names
 
 
+def _check_zip_records(filename: str) -> None:
+    """Every record of a torch zip archive declares at most what the file can hold: torch stores records
+    uncompressed, so a larger declared size is a decompression bomb (or a lie) that would be allocated
+    before anything is read."""
+    if not zipfile.is_zipfile(filename):
+        raise _truncated(filename)  # a zip archive's directory is at its end
+    size = os.path.getsize(filename)
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise _corrupt(filename, error) from error
+    for record in records:
+        if record.file_size > size:
+            raise _refused(
+                filename, f"its record {record.filename!r} declares {record.file_size} bytes, more than the whole "
+                f"file ({size} bytes) can hold: a compressed record that would expand (torch writes none), or a "
+                "damaged archive"
+            )
+
+
 def read_torch_file(filename: str) -> Any:
     """A torch.save file (or a plain pickle), tensors and plain containers only."""
     with open(filename, "rb") as f:
@@ -104,8 +129,8 @@ def read_torch_file(filename: str) -> Any:
         raise CheckpointFileError(f"Cannot load {filename}: it is empty (0 bytes)")
     if not signature.startswith(_TORCH_FILE_SIGNATURES):
         raise _corrupt(filename, "it is neither a torch zip archive nor a pickle")
-    if signature.startswith(b"PK") and not zipfile.is_zipfile(filename):
-        raise _truncated(filename)  # a zip archive's directory is at its end
+    if signature.startswith(b"PK"):
+        _check_zip_records(filename)
     try:
         loaded = torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -161,8 +186,16 @@ READERS: Dict[str, Callable[[str], Dict[str, Any]]] = {
 }
 
 
+def _check_keys(filename: str, mapping: Dict[Any, Any], what: str) -> None:
+    others = [key for key in mapping if not isinstance(key, str)]
+    if others:
+        shown = ", ".join(f"{key!r} ({type(key).__name__})" for key in others[:5])
+        raise _corrupt(filename, f"{what} have keys that are not strings: {shown}{', ...' if len(others) > 5 else ''}")
+
+
 def _check_checkpoint(filename: str, checkpoint: Dict[str, Any]) -> None:
     """What the checkpointer reads next has the types it expects."""
+    _check_keys(filename, checkpoint, "its top-level entries")
     if not isinstance(checkpoint.get("__author__", ""), str):
         raise _corrupt(filename, f"its '__author__' is a {type(checkpoint['__author__']).__name__}")
     if not isinstance(checkpoint.get("matching_heuristics", False), bool):
@@ -170,10 +203,23 @@ def _check_checkpoint(filename: str, checkpoint: Dict[str, Any]) -> None:
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, dict):
         raise _corrupt(filename, f"its 'model' is a {type(state).__name__}, not a state_dict")
+    _check_keys(filename, state, "its weights")
     for key, value in state.items():
         if not isinstance(value, (torch.Tensor, np.ndarray)):
             where = "its 'model'" if "model" in checkpoint else "it has no 'model' entry and its top level"
             raise _corrupt(filename, f"{where} holds {key!r} of type {type(value).__name__}, not a tensor")
+
+
+def check_regular_file(filename: str) -> None:
+    """``filename`` exists and is a regular file (or a link to one): a folder, a device such as /dev/zero
+    (endless), a FIFO (blocks until written) or a socket is refused naming what it is."""
+    kind = special_file_kind(filename)
+    if kind:
+        raise CheckpointFileError(
+            f"Checkpoint {filename} is {kind}, not a file: checkpoints are read from regular files only"
+        )
+    if not os.path.exists(filename):
+        raise CheckpointFileError(f"Checkpoint {filename} does not exist")
 
 
 def read_checkpoint_file(filename: str) -> Dict[str, Any]:
@@ -181,8 +227,7 @@ def read_checkpoint_file(filename: str) -> Dict[str, Any]:
 
     Raises CheckpointFileError naming the file when it is missing, empty, truncated, corrupt, or needs
     objects whose unpickling could execute code."""
-    if not os.path.isfile(filename):
-        raise CheckpointFileError(f"Checkpoint {filename} does not exist")
+    check_regular_file(filename)
     if os.path.getsize(filename) == 0:
         raise CheckpointFileError(f"Cannot load {filename}: it is empty (0 bytes)")
     reader = READERS.get(os.path.splitext(filename)[1], read_torch_file)

@@ -112,6 +112,14 @@ def _encode(text: Any, encoding: Any = "utf-8", errors: str = "strict") -> bytes
     return codecs.encode(text, "latin1")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    # protocol 2 pickles an empty bytes object (the data of an empty array) as a call of bytes() without
+    # arguments; bytes(n) would allocate n bytes, bytes(iterable) read anything
+    if args:
+        raise _refuse(f"bytes() called with {len(args)} argument(s)")
+    return b""
+
+
 _SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
     **{(module, "_reconstruct"): _reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(module, "scalar"): _scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
@@ -119,6 +127,7 @@ _SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _encode,
+    **{(module, "bytes"): _empty_bytes for module in ("__builtin__", "builtins")},
     ("collections", "OrderedDict"): collections.OrderedDict,
 }
 

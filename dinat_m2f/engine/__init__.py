@@ -1,9 +1,17 @@
 """Trainer pieces: optimizer groups, LR schedules (incl. WarmupPolyLR), the mixed-precision training step,
-a launch that also runs CPU processes over gloo or under torchrun, the state an exact resume needs,
-semantic test-time augmentation, the reuse of freed host memory, and detectron2's run set-up with a plain-text
-log."""
+a launch that also runs CPU processes over gloo or under torchrun, one training per OUTPUT_DIR, the state an
+exact resume needs, semantic test-time augmentation, the reuse of freed host memory, and detectron2's run set-up
+with a plain-text log."""
 from .host_memory import reuse_freed_memory
-from .launch import create_ddp_model, launch, launch_from_environment, process_group_timeout, started_by_torchrun
+from .launch import (
+    create_ddp_model,
+    launch,
+    launch_from_environment,
+    launches_rank_zero,
+    process_group_timeout,
+    started_by_torchrun,
+)
+from .output_lock import OutputDirInUseError, lock_output_dir, unlock_output_dir
 from .lr_scheduler import PolyParamScheduler, build_lr_scheduler
 from .optimizer import build_optimizer, get_param_groups
 from .resume import ResumeStateHook
@@ -23,7 +31,10 @@ __all__ = [
     "get_param_groups",
     "launch",
     "launch_from_environment",
+    "launches_rank_zero",
+    "lock_output_dir",
     "MixedPrecisionTrainer",
+    "OutputDirInUseError",
     "PolyParamScheduler",
     "preserved_rng_states",
     "process_group_timeout",
@@ -33,4 +44,5 @@ __all__ = [
     "seeded_rng",
     "SemanticSegmentorWithTTA",
     "started_by_torchrun",
+    "unlock_output_dir",
 ]

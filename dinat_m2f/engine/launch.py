@@ -70,6 +70,11 @@ def started_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def launches_rank_zero(machine_rank: int) -> bool:
+    """Whether this process is global rank 0 (under torchrun) or starts it (``launch`` on machine 0)."""
+    return int(os.environ["RANK"]) == 0 if started_by_torchrun() else machine_rank == 0
+
+
 def launch_from_environment(
     main_func: Callable[..., Any], args: Sequence[Any] = (), use_cuda: bool = True, timeout: timedelta = DEFAULT_TIMEOUT
 ) -> None:

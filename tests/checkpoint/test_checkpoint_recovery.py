@@ -4,6 +4,7 @@ newest readable checkpoint and explains why, and http(s) weights downloaded once
 download names the URL and leaves no file there), against a real HTTP server on 127.0.0.1."""
 import http.server
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,32 +17,37 @@ from dinat_m2f.checkpoint import CheckpointFileError, SafeDetectionCheckpointer
 from log_capture import RecordLogs
 from project_paths import REPO
 
-# Saves model_0000004, then dies (SIGKILL) the moment it opens a file whose name contains argv[2] for writing.
+# Saves model_0000004, then gets signal argv[3] the moment it opens a file whose name contains argv[2] for writing.
 SAVE_THEN_DIE = """
 import builtins, os, signal, sys
 from torch import nn
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer
-save_dir, victim = sys.argv[1:]
+save_dir, victim, signum = sys.argv[1], sys.argv[2], int(sys.argv[3])
 checkpointer = SafeDetectionCheckpointer(nn.Linear(2, 2), save_dir)
 checkpointer.save("model_0000004", iteration=4)
 real_open = builtins.open
 def open_then_die(file, mode="r", *args, **kwargs):
     f = real_open(file, mode, *args, **kwargs)
     if victim in os.path.basename(str(file)) and ("w" in mode or "x" in mode):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signum)
     return f
 builtins.open = open_then_die
 checkpointer.save("model_0000009", iteration=9)
 """
 
 
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("victim", ["model_0000009", "last_checkpoint"])
-def test_a_kill_while_saving_leaves_the_previous_checkpoint_in_place(tmp_path, victim):
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_in_place(tmp_path, victim, signum):
     """Killed while writing the checkpoint file, or while replacing last_checkpoint: every file under a
-    checkpoint's name is complete, last_checkpoint names a readable checkpoint, --resume continues there."""
+    checkpoint's name is complete, last_checkpoint names a readable checkpoint, --resume continues there.
+    SIGTERM and Ctrl-C remove the temporary file before the process ends; after SIGKILL the resume does."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", SAVE_THEN_DIE, str(tmp_path), victim], env=env, timeout=120)
-    assert result.returncode == -9  # SIGKILL
+    result = subprocess.run([sys.executable, "-c", SAVE_THEN_DIE, str(tmp_path), victim, str(int(signum))], env=env,
+                            timeout=120, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == -signum, result.stderr  # the process ends by the signal
+    if signum != signal.SIGKILL:
+        assert not list(tmp_path.glob("*.tmp"))
 
     named = (tmp_path / "last_checkpoint").read_text()
     assert named in ("model_0000004.pth", "model_0000009.pth")

@@ -9,6 +9,7 @@ Images are exported at 64x96: inputs of 64x96 and 50x70 pad to exactly that size
 (SIZE_DIVISIBILITY 32), so both paths see the same tensor.
 """
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
+from log_capture import RecordLogs
 from project_paths import REPO as ROOT, import_script
 
 from test_demo import CONFIG, demo_opts  # noqa: F401  (the demo test's config and options fixture)
@@ -143,3 +145,19 @@ def test_an_image_larger_than_the_exported_size_is_a_clear_error(exported, pytor
     image = torch.zeros(3, SIZE[0] + 1, SIZE[1], dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"65x96 .* does not fit .*model.onnx, exported for 64x96"):
         model([{"image": image}])
+
+
+def test_the_demo_skips_an_image_larger_than_the_exported_size_and_does_the_others(exported, opts, tmp_path):
+    """One image larger than the exported size stopped the whole run (the others were never processed)."""
+    _write_images(tmp_path / "in")
+    large = tmp_path / "in" / "large.png"  # between full.png and padded.png in the folder's order
+    Image.fromarray(np.zeros((SIZE[0] + 16, SIZE[1], 3), np.uint8)).save(large)
+    with RecordLogs(logging.getLogger("dinat_m2f.demo")) as logs:
+        status = demo.main(["--config-file", str(CONFIG), "--input", str(tmp_path / "in"), "--onnx",
+                            str(exported["onnx"]), "--output", str(tmp_path / "out"),
+                            "--opts", *opts, "MODEL.WEIGHTS", str(tmp_path / "missing.pth")])
+    assert status == 1
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"full.png", "padded.png", "full_sem_seg.png", "padded_sem_seg.png"} <= written
+    assert not any(name.startswith("large") for name in written)
+    assert any(f"Skipping {large}: An image of 80x96" in m and "exported for 64x96" in m for m in logs.messages)
