@@ -277,8 +277,9 @@ def load_project_config(config_file: str, opts: Sequence[str] = (), dataset_file
     tags): a python tag in any of the files is a ValueError naming that file and the tag. Files that are not
     mappings, alias bombs and _BASE_ cycles are refused first (:mod:`.config_files`), and values out of range
     are listed, all at once (:mod:`.config_values`). An unknown key, a value of the wrong type or a missing
-    file is a ValueError naming where it came from; INPUT.FORMAT must be one of INPUT_FORMATS. MODEL.DEVICE "cuda" falls back to "cpu" on a machine without CUDA, so
-    the synthetic configs run on a laptop unchanged. Returns an unfrozen config.
+    file is a ValueError naming where it came from; INPUT.FORMAT must be one of INPUT_FORMATS. MODEL.DEVICE
+    "cuda" falls back to "cpu" on a machine without CUDA, so the synthetic configs run on a laptop unchanged.
+    Returns an unfrozen config.
     """
     cfg = get_project_cfg()
     try:
