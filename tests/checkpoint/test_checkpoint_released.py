@@ -5,6 +5,7 @@ detectron2's {"model": state_dict, ...} .pth (torch.save), a detectron2 model-zo
 and a plain .safetensors state_dict. Each loads like `train_net.py --eval-only MODEL.WEIGHTS <file>` does,
 and the model's outputs stay those of the fixture.
 """
+import logging
 import pickle
 
 import pytest
@@ -81,8 +82,8 @@ def test_released_checkpoint_loads_exactly_and_reproduces_the_fixture(tmp_path, 
 
 
 def test_a_checkpoint_for_another_model_lists_its_mismatches(tmp_path, m2f_reference):
-    """E.g. a COCO checkpoint (133 classes) loaded into a model with another class count: the class
-    head's shape mismatch and any missing keys are reported by name, the rest loads."""
+    """E.g. a COCO checkpoint (133 classes) loaded into a model with another class count: the class head starts
+    fresh, logged by name with both shapes, missing keys are reported by name, the rest loads."""
     state = dict(m2f_reference["state_dict"])
     class_key = "sem_seg_head.predictor.class_embed.weight"
     state[class_key] = torch.zeros(state[class_key].shape[0] + 3, state[class_key].shape[1])
@@ -92,10 +93,12 @@ def test_a_checkpoint_for_another_model_lists_its_mismatches(tmp_path, m2f_refer
     write_released_format(weights, state)
     model = build_model(reference_cfg(m2f_reference, str(weights))).eval()
     checkpointer = SafeDetectionCheckpointer(model)
+    checkpointer.logger.setLevel(logging.INFO)  # the fresh class head is reported at INFO level
     with RecordLogs(checkpointer.logger) as logs:
         checkpointer.load(str(weights))
     log = "\n".join(logs.messages)
-    assert f"'{class_key}'" in log and "incompatible shapes" in log
+    assert "the class head starts fresh" in log
+    assert f"{class_key} {tuple(state[class_key].shape)} -> {tuple(model.state_dict()[class_key].shape)}" in log
     assert dropped in log.split("not found in the checkpoint")[1]
     assert torch.equal(model.state_dict()["backbone.patch_embed.proj.0.weight"],
                        state["backbone.patch_embed.proj.0.weight"])
