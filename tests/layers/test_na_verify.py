@@ -32,9 +32,9 @@ def checks(monkeypatch):
     """The kinds checked, in order (the real check runs)."""
     kinds = []
 
-    def counted(candidate, reference, kind):
-        kinds.append(kind)
-        return check(candidate, reference, kind)
+    def counted(candidate, reference, q, rpb, kernel_size, dilation):
+        kinds.append(verify.kind_of(q, kernel_size, dilation, rpb, torch.is_grad_enabled() and q.requires_grad))
+        return check(candidate, reference, q, rpb, kernel_size, dilation)
 
     check = verify.check
     monkeypatch.setattr(verify, "check", counted)
@@ -106,8 +106,8 @@ def test_failing_flex_falls_back_to_tiled_with_one_warning(monkeypatch, caplog, 
     kind = ("cpu, torch.float32, kernel 3, dilation 2, partial last block, head dim 16, with rpb, "
             + ("training" if training else "forward"))
     assert warnings[0].startswith(f"neighborhood attention: backend 'flex' failed its first-use check against "
-                                  f"'tiled' for {kind} (called with q of shape (1, 2, 12, 13, 16); checked on random "
-                                  f"q, k, v of shape (1, 2, 10, 13, 16) and rpb (2, 5, 5)): ")
+                                  f"'tiled' for {kind} (random q, k, v (1, 2, 12, 13, 16), rpb (2, 5, 5), the call's "
+                                  f"shapes): ")
     message_reason = warnings[0].split("): ", 1)[1].split(". 'tiled' runs this kind from now on")[0]
     assert re.search(reason, message_reason), message_reason
     assert "neighborhood attention backend: tiled (cpu, torch.float32)" in caplog.text
@@ -129,21 +129,35 @@ def test_forced_flex_still_raises(monkeypatch, flex_first, checks):
 
 
 @needs_cpu_flex
-def test_correct_flex_passes_and_is_kept(caplog, flex_first, checks):
-    # The real flex on CPU (forward only there). The call's map is the probe's: one compilation of flex.
-    q, k, v, kernel, dilation, rpb = _inputs(shape=(1, 2, 10, 13, 16))
+def test_correct_flex_passes_and_is_kept_compiling_nothing_more(caplog, flex_first, checks):
+    """The real flex on CPU (forward only there), through the layer: the check's inputs are like the call's (rpb a
+    Parameter that requires grad, under no_grad), so the check and the calls share one compiled graph."""
+    from torch._dynamo.utils import counters
+
+    from dinat_m2f.layers import NeighborhoodAttention2D
+
+    torch.manual_seed(0)
+    layer = NeighborhoodAttention2D(32, 2, kernel_size=3, dilation=2).eval()
+    x = torch.randn(1, 10, 13, 32)
+    torch._dynamo.reset()
+    counters.clear()
     with caplog.at_level(logging.INFO, logger=LOGGER), torch.no_grad():
-        out = na2d(q, k, v, kernel, dilation, rpb)
-        again = na2d(q, k, v, kernel, dilation, rpb)
-        forced = na2d(q, k, v, kernel, dilation, rpb, backend="flex")
+        out, again = layer(x), layer(x)
+        with na_backend("tiled"):
+            expected = layer(x)
+        with na_backend("flex"):
+            forced = layer(x)
+    assert counters["stats"]["unique_graphs"] == 1
     assert [str(kind) for kind in checks] == [
         "cpu, torch.float32, kernel 3, dilation 2, partial last block, head dim 16, with rpb, forward"]
     assert list(verify._verdicts.values()) == [None]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert "'flex' passed its first-use check against 'tiled' for cpu, torch.float32" in caplog.text
+    assert ("'flex' passed its first-use check against 'tiled' for cpu, torch.float32, kernel 3, dilation 2, partial "
+            "last block, head dim 16, with rpb, forward (random q, k, v (1, 2, 10, 13, 16), rpb (2, 5, 5); ") in caplog.text
     assert "neighborhood attention backend: flex (cpu, torch.float32)" in caplog.text
     torch.testing.assert_close(out, forced, rtol=0, atol=0)
     torch.testing.assert_close(again, forced, rtol=0, atol=0)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_automatic_choice_is_tiled_and_unchecked(monkeypatch, checks):
@@ -182,19 +196,6 @@ def test_each_kind_is_checked_once(monkeypatch, flex_first, checks):
     assert all(verdict is None for verdict in verify._verdicts.values())
 
 
-@pytest.mark.parametrize("kernel,dilation,height,width", [(3, 1, 3, 3), (3, 1, 8, 16), (3, 2, 12, 13), (5, 3, 15, 16),
-                                                          (11, 14, 154, 154), (11, 14, 160, 256), (7, 1, 9, 15),
-                                                          (11, 3, 33, 128), (11, 1, 11, 11), (9, 1, 10, 12)])
-def test_probe_is_the_smallest_map_of_the_class(kernel, dilation, height, width):
-    kind = verify.Kind("cpu", torch.float32, kernel, dilation, verify.map_class(height, width), 32, True, False)
-    probe_h, probe_w = verify.probe_map(kind)
-    window = kernel * dilation
-    assert verify.map_class(probe_h, probe_w) == kind.map_class
-    assert window <= probe_h <= probe_w and probe_h * probe_w <= height * width
-    assert all(verify.map_class(h, w) != kind.map_class
-               for h in range(window, height + 1) for w in range(window, width + 1) if h * w < probe_h * probe_w)
-
-
 def test_map_classes():
     assert [verify.map_class(h, w) for h, w in [(3, 3), (8, 16), (10, 13), (16, 16), (200, 304), (154, 154)]] == [
         "one partial block", "whole blocks", "partial last block", "whole blocks", "whole blocks",
@@ -209,10 +210,30 @@ def test_check_leaves_the_global_random_state_alone(monkeypatch, flex_first):
         na2d(q, k, v, kernel, dilation, rpb)
     assert len(verify._verdicts) == 1
     assert torch.equal(torch.get_rng_state(), state)
-    # The probe is the same every time.
-    kind = next(iter(verify._verdicts))
-    first, second = verify.probe_inputs(kind), verify.probe_inputs(kind)
+    # The stand-ins are the same every time.
+    first, second = verify.probe_inputs(q, rpb), verify.probe_inputs(q, rpb)
     assert all(torch.equal(first[0][name], second[0][name]) for name in first[0])
+    assert torch.equal(first[1], second[1])
+
+
+def test_random_stand_ins_look_like_the_call_to_a_compiled_graph():
+    """What dynamo guards on (a difference would compile flex anew): shape, dtype, device, requires_grad, Parameter
+    or not, inference tensor or not."""
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(0)
+    rpb = nn.Parameter(torch.zeros(6, 21, 21, dtype=torch.bfloat16))
+    for template in (rpb, torch.zeros(2, 3, dtype=torch.float16), torch.zeros(4).requires_grad_()):
+        value = verify.random_like(template, generator, scale=0.5)
+        assert (type(value), value.shape, value.dtype, value.device, value.requires_grad, value.is_inference()) == (
+            type(template), template.shape, template.dtype, template.device, template.requires_grad, False)
+        assert value.abs().sum() > 0
+    with torch.inference_mode():
+        q = torch.zeros(1, 2, 12, 13, 16)
+        probe, grad_out = verify.probe_inputs(q, rpb)
+    assert [probe[name].is_inference() for name in ("q", "k", "v", "rpb")] == [True, True, True, False]
+    assert isinstance(probe["rpb"], nn.Parameter) and probe["rpb"].requires_grad
+    assert 0.2 < probe["q"].std() < 0.3 and 0.9 < probe["k"].std() < 1.1  # q scaled by head dim ** -0.5
 
 
 def test_concurrent_first_calls_check_once(monkeypatch, flex_first, checks):

@@ -91,7 +91,7 @@ def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, 
         name = automatic_backend(q, rpb, dropout_p, needs_grad)
         if name in CHECKED and not is_tracing(q):
             kind = verify.kind_of(q, kernel_size, dilation, rpb, needs_grad)
-            if not verify.passes(BACKENDS[name], BACKENDS[CHECKED[name]], kind, tuple(q.shape)):
+            if not verify.passes(BACKENDS[name], BACKENDS[CHECKED[name]], kind, q, rpb):
                 name = CHECKED[name]
     else:
         reason = BACKENDS[name].why_not(q, rpb, dropout_p, needs_grad)
