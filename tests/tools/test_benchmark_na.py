@@ -82,12 +82,13 @@ def test_check_cost_times_each_kind_and_says_what_cannot_run(monkeypatch, capsys
     monkeypatch.setattr(benchmark_na, "model_calls", lambda images: [(10, 13, 2, 16, 3, 2)])
     benchmark_na._check_cost([(40, 52)], ["float32"], "cpu", training=True, threads=1)
     table = capsys.readouterr().out.splitlines()
-    assert table[1] == "| dtype | pass | map | heads | dilation | map class | first check s | again s | verdict |"
+    assert table[1] == ("| dtype | pass | map | heads | dilation | map class | first check s | again s "
+                        "| its tiled part s | verdict |")
     assert len(table) == 6 and table[-1].startswith("all checks: first ")
     unavailable = flex.flex_unavailable("cpu")
     forward = table[3].strip("| ").split(" | ")
     assert forward[:6] == ["float32", "forward", "10x13", "2", "2", "partial last block"]
-    assert forward[8] == ("passed" if unavailable is None else f"not run: flex cannot run here: {unavailable}; "
+    assert forward[9] == ("passed" if unavailable is None else f"not run: flex cannot run here: {unavailable}; "
                           "use 'tiled'")
-    assert table[4] == ("| float32 | training | 10x13 | 2 | 2 | partial last block | - | - | not run: flex has no "
+    assert table[4] == ("| float32 | training | 10x13 | 2 | 2 | partial last block | - | - | - | not run: flex has no "
                         "attention dropout, and no backward on CPU: use 'tiled' |")
