@@ -296,3 +296,36 @@ def test_no_check_on_fake_tensors(monkeypatch, flex_first, checks):
         rpb = torch.empty(2, 5, 5, device="cuda", dtype=torch.bfloat16)
         assert select_backend(q, rpb, 0.0, kernel_size=3, dilation=2) == "flex"
     assert checks == [] and verify._verdicts == {}
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_check_under_activation_checkpointing(monkeypatch, flex_first, checks, use_reentrant):
+    """The first call of a kind inside torch.utils.checkpoint: the probe's backward must not recompute the
+    checkpointed layer (which would call na2d inside the check); gradients are those without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    from dinat_m2f.layers import NeighborhoodAttention2D
+
+    monkeypatch.setattr(na_flex, "na2d", tiled.na2d)  # a correct flex
+    monkeypatch.setattr(na_flex, "why_not", lambda *args: None)
+    torch.manual_seed(0)
+    layer = NeighborhoodAttention2D(32, 2, kernel_size=3, dilation=2)
+    x = torch.randn(1, 12, 13, 32, requires_grad=True)
+    grads = []
+
+    def train_step():
+        checkpoint(layer, x, use_reentrant=use_reentrant).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
+
+    step = threading.Thread(target=train_step, daemon=True)
+    step.start()
+    step.join(timeout=120)
+    assert not step.is_alive(), "the check waited for itself"
+    x.grad = None
+    layer.zero_grad()
+    layer(x).sum().backward()
+    expected = [x.grad] + [p.grad for p in layer.parameters()]
+    torch.testing.assert_close(grads[0], expected)
+    # Reentrant checkpointing runs the forward without grad, then again with grad inside the backward.
+    assert [kind.training for kind in checks] == ([False, True] if use_reentrant else [True])
+    assert all(verdict is None for verdict in verify._verdicts.values())

@@ -110,12 +110,15 @@ def check(candidate: ModuleType, reference: ModuleType, q: torch.Tensor, rpb: to
     """Why `candidate` fails the check against `reference` on random stand-ins for a call's inputs (`probe_inputs`),
     every problem found; None: it passes."""
     probe, grad_out = probe_inputs(q, rpb)
-    try:
-        results = outputs_and_grads(candidate, probe, grad_out, kernel_size, dilation)
-    except Exception as error:  # compiler and kernel failures come in many types (Inductor, Triton, CUDA)
-        lines = str(error).strip().splitlines()
-        return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
-    expected = outputs_and_grads(reference, probe, grad_out, kernel_size, dilation)
+    # Plain saved tensors: under non-reentrant activation checkpointing the probe's backward would otherwise
+    # recompute the checkpointed layer, which calls na2d again inside this check.
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        try:
+            results = outputs_and_grads(candidate, probe, grad_out, kernel_size, dilation)
+        except Exception as error:  # compiler and kernel failures come in many types (Inductor, Triton, CUDA)
+            lines = str(error).strip().splitlines()
+            return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
+        expected = outputs_and_grads(reference, probe, grad_out, kernel_size, dilation)
     tolerance = TOLERANCES[q.dtype]
     problems = []
     for name, value in results.items():
@@ -132,7 +135,7 @@ def check(candidate: ModuleType, reference: ModuleType, q: torch.Tensor, rpb: to
 
 
 _verdicts: dict[Kind, str | None] = {}  # kind -> None (passed) or why it failed
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a call of na2d inside a check must not wait for itself
 
 
 def passes(candidate: ModuleType, reference: ModuleType, kind: Kind, q: torch.Tensor, rpb: torch.Tensor | None
