@@ -17,6 +17,7 @@ memory stays per row (allocator statistics), while CPU peak memory then includes
         --one-process
     python tools/benchmark_na.py --before 7d345fa --rounds 4     # the tiled op of another revision against this one
     python tools/benchmark_na.py --kernel-floor                  # the tiled forward against its attention kernel alone
+    python tools/benchmark_na.py --check-cost --image 1024,800x1216     # flex's first-use check, once per kind
 
 --before REV compares the tiled backend of git revision REV (its neighborhood_attention package, `git archive`d
 into a temporary folder, its custom ops renamed so both load) with this checkout's, in one process, the two
@@ -29,6 +30,13 @@ NeighborhoodAttention2D makes them): the whole op, and its fused attention calls
 scaled_dot_product_attention on blocks gathered beforehand, the same chunks and masks), with the scores those
 blocks hold (against the exact k*k per query), the kernel's CPU time per score, and the arithmetic floor: the
 exact window's 4 * D flops per score at the machine's float32 matrix rate (a 4096^3 product, measured first).
+
+--check-cost times the automatic choice's first-use check of flex against tiled (neighborhood_attention/verify.py)
+for every kind of call that DiNAT-L's layers (configs/coco/panoptic/dinat_l.yaml: kernel, dilations, heads) make at
+each --image, batch 1, in one process, in the order the model meets them: each check once (it compiles flex where
+the model's own call would: the check's inputs are like the call's), then the same check again (compiled: what the
+check itself costs, flex and tiled on the call's shapes). Forward kinds (inference); --check-training adds training
+kinds where flex has a backward (CUDA).
 """
 from __future__ import annotations
 
@@ -229,6 +237,82 @@ def _kernel_floor(rows: list, repeats: int, threads: int) -> None:
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
+def model_calls(images: list[tuple[int, int]], config: str = "configs/coco/panoptic/dinat_l.yaml") -> list[tuple]:
+    """(height, width, heads, head dim, kernel, dilation) of the first call of each kind (dilation and map-size
+    class, verify.py) that a model config's neighborhood attention makes at these input sizes, in call order (maps
+    smaller than the window padded to it, as the layer does)."""
+    from dinat_m2f.config import load_project_config
+    from dinat_m2f.layers.neighborhood_attention import verify
+
+    dinat = load_project_config(config).MODEL.DINAT
+    kernel = dinat.KERNEL_SIZE
+    calls, seen = [], set()
+    for height, width in images:
+        for stage, (dilations, heads) in enumerate(zip(dinat.DILATIONS, dinat.NUM_HEADS)):
+            for dilation in dilations:
+                window = kernel * dilation
+                map_h, map_w = max(height // 4 >> stage, window), max(width // 4 >> stage, window)
+                if (dilation, verify.map_class(map_h, map_w)) not in seen:
+                    seen.add((dilation, verify.map_class(map_h, map_w)))
+                    calls.append((map_h, map_w, heads, dinat.EMBED_DIM * 2 ** stage // heads, kernel, dilation))
+    return calls
+
+
+def _check_cost(images: list[tuple[int, int]], dtypes: list[str], device: str, training: bool, threads: int) -> None:
+    """Time of flex's first-use check per kind of DiNAT-L's calls, batch 1 (see the docstring)."""
+    from torch import nn
+
+    from dinat_m2f.layers.neighborhood_attention import flex, tiled, verify
+
+    torch.set_num_threads(threads)
+    print(f"flex's first-use check against tiled per kind of DiNAT-L call at {', '.join(f'{h}x{w}' for h, w in images)}"
+          f", batch 1, torch {torch.__version__}, {device} ({_device_name(device)}), {threads} CPU threads")
+    print("| dtype | pass | map | heads | dilation | map class | first check s | again s | its tiled part s "
+          "| verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    total = again_total = 0.0
+    for dtype in dtypes:
+        for needs_grad in (False, True) if training else (False,):
+            for height, width, heads, head_dim, kernel, dilation in model_calls(images):
+                q = torch.empty(1, heads, height, width, head_dim, device=device, dtype=getattr(torch, dtype),
+                                requires_grad=needs_grad)
+                rpb = nn.Parameter(torch.empty(heads, 2 * kernel - 1, 2 * kernel - 1, device=device, dtype=q.dtype))
+                cells = [dtype, "training" if needs_grad else "forward", f"{height}x{width}", str(heads),
+                         str(dilation), verify.map_class(height, width)]
+                unable = flex.why_not(q, rpb, 0.0, needs_grad)
+                if unable is not None:
+                    print("| " + " | ".join(cells + ["-", "-", "-", f"not run: flex {unable}"]) + " |", flush=True)
+                    continue
+                with torch.set_grad_enabled(needs_grad):
+                    first, verdict = _timed(lambda: verify.check(flex, tiled, q, rpb, kernel, dilation), device)
+                    again = None
+                    if verdict is None:  # after a failure nothing compiled is reused: it would fail again
+                        again = _timed(lambda: verify.check(flex, tiled, q, rpb, kernel, dilation), device)[0]
+                    probe, grad_out = verify.probe_inputs(q, rpb)
+                    tiled_part = _timed(lambda: verify.outputs_and_grads(tiled, probe, grad_out, kernel, dilation),
+                                        device)[0]
+                total, again_total = total + first, again_total + (again or 0.0)
+                cells += [f"{first:.2f}", "-" if again is None else f"{again:.2f}", f"{tiled_part:.2f}",
+                          verdict or "passed"]
+                print("| " + " | ".join(cells) + " |", flush=True)
+    print(f"all checks: first {total:.1f} s, again (passed ones) {again_total:.1f} s")
+
+
+def _timed(fn, device: str) -> tuple[float, object]:
+    """(seconds, result) of one call, the device synchronized."""
+    start = time.perf_counter()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
 def _best(fn, repeats: int) -> tuple[float, float]:
     """Best wall time and best CPU time (all threads) of `repeats` calls after a warm-up call."""
     fn()
@@ -271,9 +355,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="alternated rounds of --before")
     parser.add_argument("--kernel-floor", action="store_true",
                         help="the tiled forward against its attention kernel alone and the arithmetic floor")
+    parser.add_argument("--check-cost", action="store_true",
+                        help="time flex's first-use check once per kind of DiNAT-L's calls at --image")
+    parser.add_argument("--check-training", action="store_true", help="with --check-cost: also training kinds")
     args = parser.parse_args()
     backends = args.backends or "tiled,gather" + (",natten" if natten_na2d() is not None else "")
 
+    if args.check_cost:
+        _check_cost(args.image, args.dtypes.split(","), args.device, args.check_training, args.threads)
+        return
     specs = []
     rows = [(f"{h}x{w}", h // stride, w // stride, heads, dilation)
             for h, w in args.image for stride, heads, dilation in DINAT_L_STAGES]
@@ -313,9 +403,8 @@ def main() -> None:
             with context.Pool(1) as pool:
                 measure(pool, spec)
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     print(f"na2d, kernel 11, head dim 32, batch {args.batch}, torch {torch.__version__}, "
-          f"{args.device} ({device_name}), {args.threads} CPU threads")
+          f"{args.device} ({_device_name(args.device)}), {args.threads} CPU threads")
     print("| map | heads | dilation | dtype | backend | rpb | forward ms | fwd+bwd ms | forward CPU ms "
           "| fwd+bwd CPU ms | peak MB "
           "| fwd / natten | fwd+bwd / natten |")

@@ -145,15 +145,15 @@ def test_cuda_backends_forward_and_backward_match_reference(backend, dtype, atol
 
 def test_automatic_choice_and_overrides(monkeypatch, caplog, flex_runs):
     q, _, _, _, _, rpb = _case()
-    assert select_backend(q, rpb, 0.0) == "tiled"  # CPU
+    assert select_backend(q, rpb, 0.0, kernel_size=3, dilation=2) == "tiled"  # CPU
     with na_backend("flex"):
-        assert select_backend(q, rpb, 0.0) == "flex"
-        assert select_backend(q, rpb, 0.0, "tiled") == "tiled"  # the argument wins
+        assert select_backend(q, rpb, 0.0, kernel_size=3, dilation=2) == "flex"
+        assert select_backend(q, rpb, 0.0, "tiled", kernel_size=3, dilation=2) == "tiled"  # the argument wins
     monkeypatch.setenv("DINAT_M2F_NA_BACKEND", "flex")
-    assert select_backend(q, rpb, 0.0) == "flex"
+    assert select_backend(q, rpb, 0.0, kernel_size=3, dilation=2) == "flex"
     monkeypatch.setenv("DINAT_M2F_NA_BACKEND", "fast")
     with pytest.raises(ValueError, match=r"unknown neighborhood attention backend 'fast'"):
-        select_backend(q, rpb, 0.0)
+        select_backend(q, rpb, 0.0, kernel_size=3, dilation=2)
     with pytest.raises(ValueError, match="unknown neighborhood attention backend 'cuda'"):
         with na_backend("cuda"):
             pass

@@ -63,3 +63,32 @@ def test_kernel_floor_times_exactly_the_tiled_forwards_attention_calls(capsys):
     cells = table[3].strip("|").split("|")
     tiles, exact = float(cells[6]), float(cells[7])
     assert exact == round(2 * 30 * 25 * 121 / 1e6, 1) and tiles >= exact
+
+
+def test_model_calls_are_dinat_ls_first_call_of_each_kind_in_call_order():
+    calls = benchmark_na.model_calls([(1024, 1024), (800, 1216)])
+    # 1024: maps 256, 128, 64, 32 fill whole blocks; 800x1216: 200x304 does, 100x152, 50x76, 25x38 do not.
+    assert calls == [(256, 256, 6, 32, 11, 1), (256, 256, 6, 32, 11, 14), (128, 128, 12, 32, 11, 4),
+                     (128, 128, 12, 32, 11, 7), (64, 64, 24, 32, 11, 2), (64, 64, 24, 32, 11, 3),
+                     (100, 152, 12, 32, 11, 1), (100, 152, 12, 32, 11, 4), (100, 152, 12, 32, 11, 7),
+                     (50, 76, 24, 32, 11, 2), (50, 76, 24, 32, 11, 3)]
+    # A map smaller than the window is padded to it: at 256, stage 1 is 64x64 but dilation 14 needs 154x154.
+    assert (154, 154, 6, 32, 11, 14) in benchmark_na.model_calls([(256, 256)])
+
+
+def test_check_cost_times_each_kind_and_says_what_cannot_run(monkeypatch, capsys):
+    from dinat_m2f.layers.neighborhood_attention import flex
+
+    monkeypatch.setattr(benchmark_na, "model_calls", lambda images: [(10, 13, 2, 16, 3, 2)])
+    benchmark_na._check_cost([(40, 52)], ["float32"], "cpu", training=True, threads=1)
+    table = capsys.readouterr().out.splitlines()
+    assert table[1] == ("| dtype | pass | map | heads | dilation | map class | first check s | again s "
+                        "| its tiled part s | verdict |")
+    assert len(table) == 6 and table[-1].startswith("all checks: first ")
+    unavailable = flex.flex_unavailable("cpu")
+    forward = table[3].strip("| ").split(" | ")
+    assert forward[:6] == ["float32", "forward", "10x13", "2", "2", "partial last block"]
+    assert forward[9] == ("passed" if unavailable is None else f"not run: flex cannot run here: {unavailable}; "
+                          "use 'tiled'")
+    assert table[4] == ("| float32 | training | 10x13 | 2 | 2 | partial last block | - | - | - | not run: flex has no "
+                        "attention dropout, and no backward on CPU: use 'tiled' |")

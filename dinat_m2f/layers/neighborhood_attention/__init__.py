@@ -7,6 +7,7 @@
     flex.py        backend "flex": torch FlexAttention with a block mask (CUDA default)
     natten.py      backend "natten": NATTEN's fused kernels, without RPB (optional)
     export.py      backend "export": the tiles in standard operators (chosen while exporting)
+    verify.py      the automatic choice's first-use check of flex against tiled, per kind of call
     dispatch.py    the backend table, the automatic choice, forcing a backend, the log line
     functional.py  na2d(q, k, v, kernel_size, dilation=1, rpb=None): checks, then the chosen backend
     module.py      NeighborhoodAttention2D, the channels-last layer of the DiNAT checkpoints

@@ -4,9 +4,11 @@ Every backend is one module with the same two functions: `na2d(q, k, v, kernel_s
 and `why_not(q, rpb, dropout_p, needs_grad) -> str | None`, which says why it cannot run these inputs (a phrase
 completing "backend 'name' ...", e.g. "has no backward on CPU"; None: it can). The automatic choice walks the
 priority row of the inputs' device (the "exporting" row while torch.export or torch.onnx traces) and takes the
-first backend that can run them. A backend is forced by the `backend=` argument of `na2d`, then the
-`na_backend()` context manager, then the environment variable DINAT_M2F_NA_BACKEND; a forced backend that
-cannot run the inputs is a ValueError saying why. The choice is logged once per (backend, device, dtype).
+first backend that can run them; the first time it would run a backend of CHECKED for a kind of call, it checks
+that backend against its fallback (verify.py) and takes the fallback for that kind if the check fails. A backend
+is forced by the `backend=` argument of `na2d`, then the `na_backend()` context manager, then the environment
+variable DINAT_M2F_NA_BACKEND; a forced backend is never checked, and one that cannot run the inputs is a
+ValueError saying why. The choice is logged once per (backend, device, dtype).
 Adding a backend: its module, and its row in BACKENDS (and in PRIORITY to be chosen automatically).
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from . import export, flex, natten, tiled
+from . import export, flex, natten, tiled, verify
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ PRIORITY = {
     "cuda": ("natten", "flex", "tiled"),  # NATTEN's fused kernels where there is no RPB, else FlexAttention
 }
 DEFAULT_PRIORITY = ("tiled",)  # CPU and other devices (FlexAttention on CPU is slower and has no backward)
+# Automatic choices checked against a fallback on first use per kind of call (verify.py): backend -> fallback.
+CHECKED = {"flex": "tiled"}
 BACKEND_ENV = "DINAT_M2F_NA_BACKEND"
 _forced_backend: list[str] = []
 _logged_choices: set[tuple] = set()
@@ -58,6 +62,13 @@ def is_exporting() -> bool:
     return exporting() or torch.onnx.is_in_onnx_export()
 
 
+def is_tracing(q: torch.Tensor) -> bool:
+    """True while a graph is traced (torch.compile, torch.export, jit.trace) or q is a fake tensor: no values to
+    check, and a check would be traced into the graph."""
+    return (torch.compiler.is_compiling() or is_exporting() or torch.jit.is_tracing()
+            or torch._subclasses.fake_tensor.is_fake(q))
+
+
 def automatic_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str:
     """The first backend of the inputs' priority row that can run them."""
     row = PRIORITY["exporting"] if is_exporting() else PRIORITY.get(q.device.type, DEFAULT_PRIORITY)
@@ -68,14 +79,20 @@ def automatic_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: floa
     raise RuntimeError(f"no neighborhood attention backend of {row} runs these inputs")
 
 
-def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, requested: str | None = None) -> str:
-    """The backend for these inputs: the request (argument, then context manager, then env var), else
-    `automatic_backend`. A forced backend that cannot run these inputs is a ValueError saying why."""
+def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, requested: str | None = None, *,
+                   kernel_size: int, dilation: int) -> str:
+    """The backend for these inputs and window: the request (argument, then context manager, then env var), else
+    `automatic_backend`, checked on first use per kind where it is in CHECKED (except while tracing). A forced
+    backend that cannot run these inputs is a ValueError saying why."""
     name = requested or (_forced_backend[-1] if _forced_backend else None) or os.environ.get(BACKEND_ENV, "auto")
     _check_backend_name(name, f"backend (argument, na_backend() or ${BACKEND_ENV})")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or (rpb is not None and rpb.requires_grad))
     if name == "auto":
         name = automatic_backend(q, rpb, dropout_p, needs_grad)
+        if name in CHECKED and not is_tracing(q):
+            kind = verify.kind_of(q, kernel_size, dilation, rpb, needs_grad)
+            if not verify.passes(BACKENDS[name], BACKENDS[CHECKED[name]], kind, q, rpb):
+                name = CHECKED[name]
     else:
         reason = BACKENDS[name].why_not(q, rpb, dropout_p, needs_grad)
         if reason is not None:

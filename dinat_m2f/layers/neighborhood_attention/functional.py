@@ -49,7 +49,9 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     q, k, v: (B, heads, H, W, D), q already multiplied by the scale; rpb: (heads, 2k-1, 2k-1) or None.
     Returns (B, heads, H, W, D). Differentiable in q, k, v and rpb. `dropout_p` drops attention
     probabilities (only pass it while training). `backend` forces one of BACKENDS ("tiled", "flex",
-    "natten", "export"; default: chosen by device, dtype, shape and availability, see `select_backend`).
+    "natten", "export"; default: chosen by device, dtype, shape and availability, flex checked against tiled on
+    first use per kind of call, see `select_backend`).
     """
     check_inputs(q, k, v, kernel_size, dilation, rpb)
-    return BACKENDS[select_backend(q, rpb, dropout_p, backend)].na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)
+    name = select_backend(q, rpb, dropout_p, backend, kernel_size=kernel_size, dilation=dilation)
+    return BACKENDS[name].na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)
