@@ -60,7 +60,7 @@ class Predictor:
                 SafeDetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
             else:
                 logger.warning("MODEL.WEIGHTS is empty: the Predictor runs a randomly initialized model")
-        self.model.postprocessor.tasks = tasks
+        self.tasks = tasks
         self.input_format = cfg.INPUT.FORMAT
         min_size = cfg.INPUT.MIN_SIZE_TEST
         self.resize = T.ResizeShortestEdge([min_size, min_size], cfg.INPUT.MAX_SIZE_TEST) if min_size else None
@@ -79,8 +79,12 @@ class Predictor:
 
     @property
     def tasks(self) -> Tuple[str, ...]:
-        """The tasks whose results the Predictor computes."""
+        """The tasks whose results the Predictor computes (settable; None: all the model has)."""
         return self.model.postprocessor.tasks
+
+    @tasks.setter
+    def tasks(self, tasks: Optional[Sequence[str]]) -> None:
+        self.model.postprocessor.tasks = tasks
 
     @property
     def class_names(self) -> List[str]:
