@@ -19,6 +19,7 @@ from PIL import Image
 
 from . import model_zoo
 from .checkpoint import SafeDetectionCheckpointer
+from .config import INPUT_FORMATS
 from .data.image_files import read_image_file
 from .export import ExportedMaskFormer
 from .modeling.postprocessing import dataset_metadata
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 # A path, a PIL image or an (H, W, 3) uint8 array.
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
-FORMATS = ("RGB", "BGR")
 
 
 class Predictor:
@@ -49,7 +49,7 @@ class Predictor:
 
     def __init__(self, cfg: CfgNode, tasks: Optional[Sequence[str]] = None, exported: Optional[str] = None):
         self.cfg = cfg.clone()
-        if cfg.INPUT.FORMAT not in FORMATS:
+        if cfg.INPUT.FORMAT not in INPUT_FORMATS:
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the Predictor, got {cfg.INPUT.FORMAT!r}")
         self.metadata = dataset_metadata(self.cfg)
         if exported:
@@ -116,10 +116,10 @@ class Predictor:
         if not isinstance(image, np.ndarray):
             raise TypeError(f"An image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"An image array must be (H, W, 3) uint8 ({' or '.join(FORMATS)}), got shape "
+            raise ValueError(f"An image array must be (H, W, 3) uint8 ({' or '.join(INPUT_FORMATS)}), got shape "
                              f"{image.shape} and dtype {image.dtype}")
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        if format not in INPUT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(INPUT_FORMATS)}, got {format!r}")
         return np.ascontiguousarray(image[:, :, ::-1]) if format == "BGR" else image
 
     def __call__(self, images: Union[ImageInput, List[ImageInput]],

@@ -138,3 +138,15 @@ def test_a_non_editable_install_ships_the_configs(tmp_path):
     assert found["models"] == model_zoo.list_models()
     assert found["weights"] == RELEASES["coco/panoptic/r50"].url
     assert os.path.isfile(found["file"]) and found["file"].startswith(str(target))
+
+
+def test_the_model_zoo_page_lists_every_model_and_download():
+    page = (REPO / "docs" / "MODEL_ZOO.md").read_text()
+    rows = {line.split(" | ")[0][3:-1]: line for line in page.splitlines() if line.startswith("| `")}
+    assert sorted(rows) == model_zoo.list_models()
+    for name, row in rows.items():
+        if name in RELEASES:
+            assert f"[model]({RELEASES[name].url})" in row, name
+        else:
+            assert "no released checkpoint" in row, name
+        assert f"](../configs/{name}.yaml)" in row, name
