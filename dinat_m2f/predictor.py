@@ -22,7 +22,7 @@ from .checkpoint import SafeDetectionCheckpointer
 from .config import INPUT_FORMATS
 from .data.image_files import read_image_file
 from .export import ExportedMaskFormer
-from .modeling.postprocessing import dataset_metadata
+from .modeling.postprocessing import config_tasks, dataset_metadata, select_tasks
 from .special_files import special_file_kind
 
 __all__ = ["Predictor", "draw_outputs"]
@@ -51,6 +51,8 @@ class Predictor:
         self.cfg = cfg.clone()
         if cfg.INPUT.FORMAT not in INPUT_FORMATS:
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the Predictor, got {cfg.INPUT.FORMAT!r}")
+        if tasks is not None:
+            select_tasks(tasks, config_tasks(cfg))  # refused before the model is built and its weights read
         self.metadata = dataset_metadata(self.cfg)
         if exported:
             self.model = ExportedMaskFormer(exported, self.cfg)

@@ -135,7 +135,7 @@ def test_from_zoo(weights):
     with pytest.raises(ValueError, match="coco/semantic/dinat_l has no released checkpoint"):
         Predictor.from_zoo("coco/semantic/dinat_l")
     with pytest.raises(ValueError, match=r"tasks \('panoptic',\): this model computes semantic"):
-        Predictor.from_zoo("synthetic/semantic/dinat_mini", weights="", tasks=("panoptic",))
+        Predictor.from_zoo("ade20k/semantic/swin_l", weights="no_such_file.pkl", tasks=("panoptic",))  # nothing read
 
 
 @pytest.mark.parametrize("image, error, match", [

@@ -20,12 +20,28 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.memory import retry_if_cuda_oom
 
 __all__ = ["TASKS", "MaskFormerPostProcessor", "PanopticMerge", "QueryMasks", "SemanticScores", "TopInstances",
-           "dataset_metadata", "infer"]
+           "config_tasks", "dataset_metadata", "infer", "select_tasks"]
 
 # Mask values at the output size held at a time (64 MB of float32); at least one query's mask.
 CHUNK_ELEMENTS = 2 ** 24
 # The results a model can return, each named by its task, and the output key it fills.
 TASKS = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}
+
+
+def config_tasks(cfg: CfgNode) -> Tuple[str, ...]:
+    """The tasks a config's model computes (MODEL.MASK_FORMER.TEST.*_ON), in TASKS order."""
+    test = cfg.MODEL.MASK_FORMER.TEST
+    on = {"panoptic": test.PANOPTIC_ON, "instance": test.INSTANCE_ON, "semantic": test.SEMANTIC_ON}
+    return tuple(task for task in TASKS if on[task])
+
+
+def select_tasks(tasks: Union[str, Iterable[str]], available: Sequence[str]) -> Tuple[str, ...]:
+    """`tasks` (one task or several) in TASKS order; a ValueError naming the available ones when any is not."""
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    if not tasks or any(task not in available for task in tasks):
+        raise ValueError(f"tasks {tasks!r}: this model computes {', '.join(available)} "
+                         f"(MODEL.MASK_FORMER.TEST.*_ON); ask for one or more of them")
+    return tuple(task for task in TASKS if task in tasks)
 
 
 def dataset_metadata(cfg: CfgNode):
@@ -324,17 +340,7 @@ class MaskFormerPostProcessor:
 
     @tasks.setter
     def tasks(self, tasks: Optional[Iterable[str]]) -> None:
-        if tasks is None:
-            self._tasks = None
-            return
-        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-        wrong = [task for task in tasks if task not in self.available_tasks]
-        if wrong or not tasks:
-            raise ValueError(
-                f"tasks {tasks!r}: this model computes {', '.join(self.available_tasks)} "
-                f"(MODEL.MASK_FORMER.TEST.*_ON); ask for one or more of them"
-            )
-        self._tasks = tuple(task for task in TASKS if task in tasks)
+        self._tasks = None if tasks is None else select_tasks(tasks, self.available_tasks)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
