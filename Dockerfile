@@ -62,7 +62,7 @@ RUN pip install "${PANOPTICAPI_SPEC}" \
     && python -c "import panopticapi"
 
 # The package first (its dependencies change rarely), then the entry points, configs, tools and demo.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY dinat_m2f ./dinat_m2f
 RUN pip install -e . \
     && python -c "import dinat_m2f, detectron2, panopticapi, torch; print('dinat_m2f ok, torch', torch.__version__)"

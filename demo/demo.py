@@ -35,22 +35,21 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 import tqdm
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo/ modules, also when imported elsewhere
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the project, also when it is not installed
-import dinat_m2f  # noqa: E402,F401  (before detectron2: registers the model; dinat_m2f/startup.py says why first)
-import dinat_m2f.data  # noqa: E402,F401  (registers the datasets)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, also when it is not installed
+# dinat_m2f before detectron2 (dinat_m2f/startup.py says why first); importing it registers the model and datasets
+from dinat_m2f import Predictor  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import ColorMode  # noqa: E402
-from results import CategoryIds, write_results  # noqa: E402
-from predictor import Predictor, visualize, visualize_frame  # noqa: E402
 
 from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.data.image_files import read_image_file  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 from dinat_m2f.export import ImageTooLargeError  # noqa: E402
+from dinat_m2f.results import CategoryIds, write_results  # noqa: E402
 from dinat_m2f.special_files import special_file_kind  # noqa: E402
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -194,19 +193,18 @@ def run_on_images(predictor: Predictor, paths: List[Path], output: Optional[str]
             skipped += 1
             continue
         try:
-            prediction = predictor(image)
+            outputs = predictor(image)
         except ImageTooLargeError as e:  # an exported network takes images up to its size
             logger.warning("Skipping %s: %s", path, e)
             skipped += 1
             continue
-        vis = visualize(prediction, predictor.metadata, confidence_threshold)
+        vis = predictor.visualize(image, outputs, confidence_threshold)
         if destination is None:
-            show(vis.get_image(), wait_ms=0)
+            show(vis, wait_ms=0)
         else:
-            vis.save(str(destination))
+            Image.fromarray(vis).save(destination)
             prefix = destination.with_suffix("")
-            write_results(prediction.outputs, prefix, path.stem, categories, confidence_threshold,
-                          size=prediction.original_size)
+            write_results(outputs, prefix, path.stem, categories, confidence_threshold, size=image.shape[:2])
         done += 1
     return done, skipped
 
@@ -242,13 +240,12 @@ def run_on_video(predictor: Predictor, video: str, output: Optional[str], confid
             if not ok:
                 break
             frames_read += 1
-            frame_rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
-            vis = visualize_frame(video_visualizer, predictor(frame_rgb), confidence_threshold)
-            vis_bgr = vis.get_image()[:, :, ::-1]
+            outputs = predictor(frame_bgr, format="BGR")
+            vis = predictor.visualize(frame_bgr, outputs, confidence_threshold, format="BGR", video=video_visualizer)
             if writer is not None:
-                writer.write(np.ascontiguousarray(vis_bgr))
+                writer.write(np.ascontiguousarray(vis[:, :, ::-1]))
             else:
-                show(vis.get_image(), wait_ms=1)
+                show(vis, wait_ms=1)
             progress.update()
     capture.release()
     if frames_read == 0 or (num_frames and frames_read < num_frames):

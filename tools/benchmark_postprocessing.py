@@ -5,12 +5,15 @@ on generated network outputs, for this checkout and optionally an earlier git re
     python tools/benchmark_postprocessing.py                          # the default cases below
     python tools/benchmark_postprocessing.py --before HEAD~1          # also the code of another revision
     python tools/benchmark_postprocessing.py --case 200,133,800x1216,800x1216 --repeat 5
+    python tools/benchmark_postprocessing.py --tasks all panoptic semantic   # only some results (see below)
 
 A case is QUERIES,CLASSES,PADDEDxSIZE,OUTPUTxSIZE: the network's outputs for one image padded to PADDED (mask
 logits at stride 4), results wanted at OUTPUT (the original image size at evaluation). Defaults: COCO panoptic
 DiNAT-L at 640x640 (200 queries, 133 classes) and the synthetic model (20 queries, 5 classes, 128x128 test size)
 on a 6000x6000 image. About a quarter of the queries are confident (softmax score ~0.97, so panoptic keeps them),
-the others no-object; masks are smooth random blobs; the first 60% of the classes are things.
+the others no-object; masks are smooth random blobs; the first 60% of the classes are things. --tasks gives the
+task sets measured ("all", or tasks joined by commas: "panoptic", "instance,semantic"; MaskFormerPostProcessor's
+`tasks`), each a row per case.
 
 Each (case, revision) runs in a fresh process that may map --memory-limit GB more than it maps before the first
 call, so a row that would need more fails with "over limit" instead of swapping a shared machine. --before REV
@@ -71,6 +74,8 @@ def _worker(args) -> None:
         num_classes=classes, metadata=Metadata(name="benchmark", thing_dataset_id_to_contiguous_id=things),
         object_mask_threshold=0.8, overlap_threshold=0.8, sem_seg_postprocess_before_inference=True,
         semantic_on=True, panoptic_on=True, instance_on=True, test_topk_per_image=100)
+    if args.tasks != "all":
+        processor.tasks = args.tasks.split(",")
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(1, queries, classes + 1, generator=generator)
     logits[..., -1] += 6.0
@@ -107,8 +112,8 @@ def _worker(args) -> None:
     print(json.dumps({"wall": statistics.median(wall), "cpu": statistics.median(cpu), "peak_mb": peak_mb - before_mb}))
 
 
-def _run(case: str, package_root: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", "--case", case, "--package-root", package_root,
+def _run(case: str, tasks: str, package_root: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", "--case", case, "--tasks", tasks, "--package-root", package_root,
                "--repeat", str(args.repeat), "--threads", str(args.threads), "--memory-limit", str(args.memory_limit)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": package_root})
     if done.returncode != 0:
@@ -129,6 +134,8 @@ def main() -> None:
     parser.add_argument("--case", action="append", metavar="Q,K,HxW,HxW",
                         help=f"a case (repeatable); default: {' '.join(DEFAULT_CASES)}")
     parser.add_argument("--before", metavar="REV", help="also run the package as it is at this git revision")
+    parser.add_argument("--tasks", nargs="+", default=["all"],
+                        help="task sets: 'all' or tasks joined by commas (default: all)")
     parser.add_argument("--repeat", type=int, default=3, help="timed calls per row (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--memory-limit", type=float, default=8.0, help="memory a row may add, GB (default 8)")
@@ -142,7 +149,7 @@ def main() -> None:
         except argparse.ArgumentTypeError as error:
             parser.error(str(error))
     if args.worker:
-        args.case = cases[0]
+        args.case, args.tasks = cases[0], args.tasks[0]
         _worker(args)
         return
     revisions = [("this checkout", str(ROOT))]
@@ -150,19 +157,19 @@ def main() -> None:
         if args.before:
             _archive(args.before, before_root)
             revisions.insert(0, (args.before, before_root))
-        print(f"Post-processing (semantic + panoptic + instance), {args.threads} threads, {_cpu_name()}, "
-              f"torch {_torch_version()}\n")
-        print("| queries | classes | padded size | output size | code | wall s | CPU s | peak memory MB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"Post-processing, {args.threads} threads, {_cpu_name()}, torch {_torch_version()}\n")
+        print("| queries | classes | padded size | output size | tasks | code | wall s | CPU s | peak memory MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for case in cases:
             queries, classes, padded, output = case.split(",")
-            for name, package_root in revisions:
-                row = _run(case, package_root, args)
-                if "error" in row:
-                    cells = f"{row['error']} | | "
-                else:
-                    cells = f"{row['wall']:.3f} | {row['cpu']:.3f} | {row['peak_mb']:.0f}"
-                print(f"| {queries} | {classes} | {padded} | {output} | {name} | {cells} |", flush=True)
+            for tasks in args.tasks:
+                for name, package_root in revisions:
+                    row = _run(case, tasks, package_root, args)
+                    if "error" in row:
+                        cells = f"{row['error']} | | "
+                    else:
+                        cells = f"{row['wall']:.3f} | {row['cpu']:.3f} | {row['peak_mb']:.0f}"
+                    print(f"| {queries} | {classes} | {padded} | {output} | {tasks} | {name} | {cells} |", flush=True)
 
 
 def _cpu_name() -> str:

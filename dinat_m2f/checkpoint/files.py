@@ -2,24 +2,35 @@
 downloading checkpoints (MODEL.WEIGHTS as an http(s) URL) into the cache the same way."""
 import contextlib
 import glob
+import hashlib
 import logging
 import os
+import re
 import signal
 import threading
 import uuid
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Optional
+from urllib.parse import urlparse
 
 from iopath.common.file_io import file_lock
 
 from .download import DownloadLimits, cache_path, download
+from .readers import CheckpointFileError
 
-__all__ = ["TEMPORARY_SUFFIX", "atomic_write", "cached_download", "is_url"]
+__all__ = ["TEMPORARY_SUFFIX", "ChecksumError", "atomic_write", "cached_download", "is_url", "md5_prefix_in_name"]
 
 logger = logging.getLogger(__name__)
 
 # Temporary files are "<final name>.<random>.tmp" beside the final file (same file system, so the rename is
 # atomic); a run killed while writing leaves one of these, never a partial file under the final name.
 TEMPORARY_SUFFIX = ".tmp"
+# detectron2's and Mask2Former's released files carry the first hex digits of their md5 in the name
+_MD5_IN_NAME = re.compile(r"^model_final_([0-9a-f]{6})\.pkl$")
+_MD5_CHUNK = 1 << 20
+
+
+class ChecksumError(CheckpointFileError):
+    """Downloaded bytes whose md5 is not the one the file name carries."""
 
 
 def _fsync_directory(directory: str) -> None:
@@ -89,11 +100,41 @@ def _remove_interrupted_downloads(path: str) -> None:
         os.remove(leftover)
 
 
+def md5_prefix_in_name(url: str) -> Optional[str]:
+    """The md5 prefix that the file name of ``url`` carries (``model_final_94dc52.pkl``: "94dc52"), else None."""
+    match = _MD5_IN_NAME.match(os.path.basename(urlparse(url).path))
+    return match.group(1) if match else None
+
+
+def _check_md5_prefix(url: str, f: BinaryIO) -> None:
+    """Raises ChecksumError when the bytes written to ``f`` do not have the md5 prefix of the name of ``url``."""
+    expected = md5_prefix_in_name(url)
+    if expected is None:
+        return
+    f.flush()
+    md5 = hashlib.md5()
+    with open(f.name, "rb") as written:
+        for chunk in iter(lambda: written.read(_MD5_CHUNK), b""):
+            md5.update(chunk)
+    actual = md5.hexdigest()[: len(expected)]
+    if actual != expected:
+        raise ChecksumError(
+            f"md5 mismatch for {url}: the file name says its md5 starts with {expected}, the downloaded bytes' md5 "
+            f"starts with {actual} (a damaged or replaced file); nothing was cached"
+        )
+
+
+def _download_checked(url: str, f: BinaryIO, limits: DownloadLimits) -> None:
+    download(url, f, limits)
+    _check_md5_prefix(url, f)
+
+
 def cached_download(url: str) -> str:
     """The local copy of ``url``, downloaded once into the cache (:func:`.download.cache_path`; atomically:
     a broken or interrupted transfer leaves no file there) within the limits of
-    :meth:`DownloadLimits.from_environment`. Raises CheckpointFileError naming the URL when the URL is refused
-    or the download fails."""
+    :meth:`DownloadLimits.from_environment`; a file named with an md5 prefix (``model_final_<6 hex>.pkl``) is
+    checked against its bytes before it is renamed into the cache. Raises CheckpointFileError (ChecksumError for
+    an md5 mismatch) naming the URL when the URL is refused or the download fails."""
     path = cache_path(url)
     if os.path.isfile(path):
         return path
@@ -103,6 +144,6 @@ def cached_download(url: str) -> str:
         if not os.path.isfile(path):
             _remove_interrupted_downloads(path)
             logger.info("Downloading %s to %s ...", url, path)
-            atomic_write(path, lambda f: download(url, f, limits))
+            atomic_write(path, lambda f: _download_checked(url, f, limits))
             logger.info("Downloaded %s (%d bytes)", url, os.path.getsize(path))
     return path

@@ -9,7 +9,7 @@ queries, and instances read their top queries' rows. Each query needed by any re
 sigmoid taken) once; without semantic results only the kept and top queries are. Memory is the results' (K x H x W
 scores, one boolean mask per instance, the panoptic map) and one chunk's."""
 import copy
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,18 +19,38 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.memory import retry_if_cuda_oom
 
-__all__ = ["MaskFormerPostProcessor", "PanopticMerge", "QueryMasks", "SemanticScores", "TopInstances",
-           "dataset_metadata", "infer"]
+__all__ = ["TASKS", "MaskFormerPostProcessor", "PanopticMerge", "QueryMasks", "SemanticScores", "TopInstances",
+           "config_tasks", "dataset_metadata", "infer", "select_tasks"]
 
 # Mask values at the output size held at a time (64 MB of float32); at least one query's mask.
 CHUNK_ELEMENTS = 2 ** 24
+# The results a model can return, each named by its task, and the output key it fills.
+TASKS = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}
+
+
+def config_tasks(cfg: CfgNode) -> Tuple[str, ...]:
+    """The tasks a config's model computes (MODEL.MASK_FORMER.TEST.*_ON), in TASKS order."""
+    test = cfg.MODEL.MASK_FORMER.TEST
+    on = {"panoptic": test.PANOPTIC_ON, "instance": test.INSTANCE_ON, "semantic": test.SEMANTIC_ON}
+    return tuple(task for task in TASKS if on[task])
+
+
+def select_tasks(tasks: Union[str, Iterable[str]], available: Sequence[str]) -> Tuple[str, ...]:
+    """`tasks` (one task or several) in TASKS order; a ValueError naming the available ones when any is not."""
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    if not tasks or any(task not in available for task in tasks):
+        raise ValueError(f"tasks {tasks!r}: this model computes {', '.join(available)} "
+                         f"(MODEL.MASK_FORMER.TEST.*_ON); ask for one or more of them")
+    return tuple(task for task in TASKS if task in tasks)
 
 
 def dataset_metadata(cfg: CfgNode):
-    """Metadata of the first training dataset (the test dataset if no training dataset is given)."""
+    """The model's classes: the metadata (class names, thing/stuff id maps) of DATASETS.TRAIN[0], the dataset its
+    class head was trained on, or of DATASETS.TEST[0] when no training dataset is given. Post-processing, the
+    class-count check, the demo and the Predictor all read it here."""
     names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
     if not names:
-        raise ValueError("MaskFormer needs dataset metadata: set DATASETS.TRAIN or DATASETS.TEST")
+        raise ValueError("The model's classes come from its dataset's metadata: set DATASETS.TRAIN or DATASETS.TEST")
     return MetadataCatalog.get(names[0])
 
 
@@ -283,7 +303,9 @@ class MaskFormerPostProcessor:
             object_mask_threshold, overlap_threshold: panoptic inference thresholds.
             sem_seg_postprocess_before_inference: resize the masks to the output size before inference
                 (needed by panoptic and instance inference).
-            semantic_on, panoptic_on, instance_on: which results to return.
+            semantic_on, panoptic_on, instance_on: which results the model has (MODEL.MASK_FORMER.TEST.*_ON); they
+                also decide how results are made (with panoptic on, instances are of thing classes only), and
+                `tasks` can narrow the results returned to some of them without changing any.
             test_topk_per_image: number of instances per image.
         """
         if not (semantic_on or panoptic_on or instance_on):
@@ -303,6 +325,22 @@ class MaskFormerPostProcessor:
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
+        self._tasks: Optional[Tuple[str, ...]] = None  # all available ones
+
+    @property
+    def available_tasks(self) -> Tuple[str, ...]:
+        """The tasks the config turns on, in TASKS order."""
+        on = {"panoptic": self.panoptic_on, "instance": self.instance_on, "semantic": self.semantic_on}
+        return tuple(task for task in TASKS if on[task])
+
+    @property
+    def tasks(self) -> Tuple[str, ...]:
+        """The tasks whose results are computed and returned: some of the available ones (None: all of them)."""
+        return self.available_tasks if self._tasks is None else self._tasks
+
+    @tasks.setter
+    def tasks(self, tasks: Optional[Iterable[str]]) -> None:
+        self._tasks = None if tasks is None else select_tasks(tasks, self.available_tasks)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
@@ -331,7 +369,7 @@ class MaskFormerPostProcessor:
                 width) each image's results are wanted at.
         Returns:
             per image, a dict with "sem_seg" (K, h, w), "panoptic_seg" (id map (h, w), segments_info) and/or
-            "instances", as enabled, at its output size.
+            "instances", as enabled (and selected by `tasks`), at its output size.
         """
         processed_results = []
         for mask_cls, mask_pred, image_size, output_size in zip(pred_logits, pred_masks, image_sizes, output_sizes):
@@ -343,21 +381,21 @@ class MaskFormerPostProcessor:
             else:
                 masks = QueryMasks(mask_pred, padded_size)
             result = retry_if_cuda_oom(self.inference)(mask_cls, masks)
-            if self.semantic_on and not self.sem_seg_postprocess_before_inference:
+            if "semantic" in self.tasks and not self.sem_seg_postprocess_before_inference:
                 result["sem_seg"] = retry_if_cuda_oom(sem_seg_postprocess)(result["sem_seg"], image_size, *output_size)
             processed_results.append(result)
         return processed_results
 
     def inference(self, mask_cls: torch.Tensor, masks: Masks) -> dict:
-        """(Q, K+1) logits and (Q, H, W) mask logits -> the enabled results ("sem_seg", "panoptic_seg",
+        """(Q, K+1) logits and (Q, H, W) mask logits -> the results of `tasks` ("sem_seg", "panoptic_seg",
         "instances"), made in one pass over the masks."""
         masks = QueryMasks.of(masks)
         inferences = {}
-        if self.semantic_on:
+        if "semantic" in self.tasks:
             inferences["sem_seg"] = SemanticScores(mask_cls)
-        if self.panoptic_on:
+        if "panoptic" in self.tasks:
             inferences["panoptic_seg"] = PanopticMerge(self, mask_cls, masks.size)
-        if self.instance_on:
+        if "instance" in self.tasks:
             inferences["instances"] = TopInstances(self, mask_cls, masks.size)
         infer(list(inferences.values()), masks)
         return {name: inference.result() for name, inference in inferences.items()}

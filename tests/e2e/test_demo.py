@@ -28,10 +28,11 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 from project_paths import REPO as ROOT
 
-sys.path.insert(0, str(ROOT / "demo"))
-import demo  # noqa: E402
-from predictor import Predictor  # noqa: E402
+from dinat_m2f import Predictor
 from log_capture import RecordLogs
+from project_paths import import_script
+
+demo = import_script(ROOT / "demo" / "demo.py", "demo")
 
 # pycocotools' decode warns under numpy 2 (its own __array__ call); not this project's concern
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -125,7 +126,7 @@ def test_demo_images_and_video(tmp_path, demo_opts, predictor):
     for name, path in inputs.items():
         stem = Path(name).stem
         image = read_image(str(path), format="RGB")
-        expected = predictor(image).outputs
+        expected = predictor(image)
         height, width = image.shape[:2]
 
         vis = cv2.imread(str(out / name))
@@ -192,7 +193,7 @@ def test_single_output_file_and_threshold(tmp_path, demo_opts, predictor):
     assert cv2.imread(str(tmp_path / "result" / "vis.jpg")).shape == (40, 48, 3)
     assert {p.name for p in (tmp_path / "result").iterdir()} == {
         "vis.jpg", "vis_panoptic.png", "vis_panoptic.json", "vis_instances.json", "vis_sem_seg.png"}
-    scores = predictor(read_image(str(tmp_path / "photo.png"), format="RGB")).outputs["instances"].scores
+    scores = predictor(tmp_path / "photo.png")["instances"].scores
     records = load_json(tmp_path / "result" / "vis_instances.json")
     assert len(records) == int((scores >= 0.02).sum())
     assert all(r["score"] >= 0.02 for r in records)

@@ -18,11 +18,10 @@ from memory_limit import address_space_budget
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from test_demo import CONFIG, STUFF_IDS, THING_IDS, demo_opts, write_video  # noqa: F401  (the demo test's model)
+from test_demo import CONFIG, STUFF_IDS, THING_IDS, demo, demo_opts, write_video  # noqa: F401  (the demo test's model)
 
-import demo  # noqa: E402  (demo/ is on the path once test_demo is imported)
-from predictor import Prediction, Predictor, visualize  # noqa: E402
-from results import CategoryIds, write_results  # noqa: E402
+from dinat_m2f import Predictor
+from dinat_m2f.results import CategoryIds, write_results
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -70,11 +69,10 @@ def test_images_not_downscaled_give_the_files_of_the_full_resolution_path(tmp_pa
     for name, size in {"small.png": (40, 48), "exact.png": (64, 80)}.items():
         image = smooth_image(*size, seed=len(name))
         Image.fromarray(image).save(tmp_path / "in" / name)
-        prediction = predictor(image)
-        assert prediction.original_size == size and prediction.image_rgb is image
+        assert predictor(image)["panoptic_seg"][0].shape == size
         outputs = full_resolution_outputs(predictor, image)
         np.random.seed(0)  # detectron2's Visualizer jitters the colours of things at random
-        visualize(Prediction(outputs, image, size), predictor.metadata, 0.0).save(str(tmp_path / "reference" / name))
+        Image.fromarray(predictor.visualize(image, outputs, 0.0)).save(tmp_path / "reference" / name)
         write_results(outputs, tmp_path / "reference" / Path(name).stem, Path(name).stem, categories, 0.0)
 
     for path in sorted((tmp_path / "in").iterdir()):
@@ -101,9 +99,8 @@ def test_large_image_results_at_the_original_size_within_a_memory_budget(tmp_pat
     with pytest.raises((MemoryError, RuntimeError)), address_space_budget(BUDGET):
         full_resolution_outputs(predictor, np.asarray(Image.open(tmp_path / "large.jpg")))
 
-    prediction = predictor(np.asarray(Image.open(tmp_path / "large.jpg")))
-    assert prediction.original_size == LARGE and prediction.image_rgb.shape == (64, 77, 3)
-    outputs = prediction.outputs
+    outputs = predictor(tmp_path / "large.jpg")
+    assert predictor.visualize(tmp_path / "large.jpg", outputs).shape == (64, 77, 3)
     out = tmp_path / "out"
     assert np.asarray(Image.open(out / "large.jpg")).shape == (64, 77, 3)  # drawn on what the model saw
 

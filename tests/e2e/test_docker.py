@@ -178,7 +178,7 @@ LOCAL_DROPPED = ["docker/local/torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.wh
 def test_dockerignore_keeps_the_project_and_drops_the_bulk():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    needed = ["train_net.py", "pyproject.toml", "README.md", "dinat_m2f/__init__.py", "dinat_m2f/config.py",
+    needed = ["train_net.py", "pyproject.toml", "setup.py", "README.md", "dinat_m2f/__init__.py", "dinat_m2f/config.py",
               "configs/coco/panoptic/dinat_l.yaml", "demo/demo.py", "tools/convert-pretrained-dinat-model-to-d2.py",
               "datasets/README.md", "datasets/prepare_ade20k_sem_seg.py"]
     for path in needed:

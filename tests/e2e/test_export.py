@@ -20,10 +20,9 @@ from PIL import Image
 from log_capture import RecordLogs
 from project_paths import REPO as ROOT, import_script
 
-from test_demo import CONFIG, demo_opts  # noqa: F401  (the demo test's config and options fixture)
+from test_demo import CONFIG, demo, demo_opts  # noqa: F401  (the demo test's config, module and options fixture)
 
-import demo  # noqa: E402  (demo/ is on the path once test_demo is imported)
-
+from dinat_m2f import Predictor
 from dinat_m2f.export import ExportedMaskFormer, MaskFormerNetwork, export_unavailable, load_exported
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow,
@@ -67,8 +66,6 @@ def exported(export_model, opts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pytorch_model(opts):
-    from predictor import Predictor
-
     return Predictor(demo.setup_cfg(demo.get_parser().parse_args(["--config-file", str(CONFIG), "--opts", *opts])))
 
 

@@ -179,12 +179,8 @@ def test_query_masks_move_like_tensors_for_retry_if_cuda_oom():
     assert torch.equal(actual, expected)
 
 
-@pytest.mark.parametrize("semantic", [True, False])
-def test_each_needed_query_is_upsampled_once_for_all_results(monkeypatch, semantic):
-    """One pass feeds semantic, panoptic and instance results: every query is upsampled once with semantic
-    results on; without them only the kept and top queries are, once each, although they overlap. (An output
-    size with H + W > 128, where chunks hold the very values of the whole computation: see QueryMasks.)"""
-    monkeypatch.setattr(postprocessing, "CHUNK_ELEMENTS", 3 * 70 * 66)
+def count_upsampled_queries(monkeypatch) -> list:
+    """From now on, the number of queries of each chunk upsampled to the output size is appended to the list."""
     upsampled = []
     at_output_size = postprocessing.QueryMasks._at_output_size
 
@@ -193,10 +189,20 @@ def test_each_needed_query_is_upsampled_once_for_all_results(monkeypatch, semant
         return at_output_size(self, masks)
 
     monkeypatch.setattr(postprocessing.QueryMasks, "_at_output_size", counting)
+    return upsampled
+
+
+@pytest.mark.parametrize("semantic", [True, False])
+def test_each_needed_query_is_upsampled_once_for_all_results(monkeypatch, semantic):
+    """One pass feeds semantic, panoptic and instance results: every query is upsampled once with semantic
+    results on; without them only the kept and top queries are, once each, although they overlap. (An output
+    size with H + W > 128, where chunks hold the very values of the whole computation: see QueryMasks.)"""
+    monkeypatch.setattr(postprocessing, "CHUNK_ELEMENTS", 3 * 70 * 66)
+    upsampled = count_upsampled_queries(monkeypatch)
     processor = _postprocessor(semantic=semantic, topk=10)
     logits, masks = _random_outputs(12, (8, 8), seed=4)
     (result,) = processor(logits[None], masks[None], [(30, 31)], [(70, 66)], (32, 32))
-    monkeypatch.setattr(postprocessing.QueryMasks, "_at_output_size", at_output_size)
+    monkeypatch.undo()
     kept = set(postprocessing.PanopticMerge(processor, logits, (70, 66)).queries.tolist())
     top = set(postprocessing.TopInstances(processor, logits, (70, 66)).queries.tolist())
     assert kept & top and kept - top and top - kept  # the two overlap, and neither holds the other
@@ -208,3 +214,39 @@ def test_each_needed_query_is_upsampled_once_for_all_results(monkeypatch, semant
     else:
         assert torch.equal(result["panoptic_seg"][0], reference[1][0]) and "sem_seg" not in result
         assert torch.equal(result["instances"].pred_masks, reference[2]["masks"])
+
+
+@pytest.mark.parametrize("tasks", [("panoptic",), ("instance",), ("semantic",), ("semantic", "instance")])
+def test_tasks_compute_only_the_asked_results_each_as_with_all(monkeypatch, tasks):
+    """Asking for some tasks returns those results only, each equal to its result when all are computed (with
+    panoptic on, instances stay of thing classes), and upsamples only the queries they need."""
+    processor = _postprocessor(topk=6)
+    logits, masks = _random_outputs(12, (8, 8), seed=4)
+    (everything,) = processor(logits[None], masks[None], [(30, 31)], [(70, 66)], (32, 32))
+    upsampled = count_upsampled_queries(monkeypatch)
+    processor.tasks = tasks
+    (result,) = processor(logits[None], masks[None], [(30, 31)], [(70, 66)], (32, 32))
+    assert sorted(result) == sorted(postprocessing.TASKS[task] for task in tasks)
+    if "panoptic" in tasks:
+        assert torch.equal(result["panoptic_seg"][0], everything["panoptic_seg"][0])
+        assert result["panoptic_seg"][1] == everything["panoptic_seg"][1]
+    if "instance" in tasks:
+        for field in ("pred_masks", "pred_classes", "scores"):
+            assert torch.equal(getattr(result["instances"], field), getattr(everything["instances"], field)), field
+        assert set(result["instances"].pred_classes.tolist()) <= set(THINGS.values())
+    if "semantic" in tasks:
+        assert torch.equal(result["sem_seg"], everything["sem_seg"])
+    else:
+        assert sum(upsampled) < 12  # only the kept or top queries
+    processor.tasks = None
+    assert processor.tasks == ("panoptic", "instance", "semantic")
+
+
+def test_tasks_the_model_does_not_compute_are_refused_naming_the_ones_it_does():
+    processor = _postprocessor(panoptic=False, instance=False)
+    with pytest.raises(ValueError, match=r"\('panoptic',\): this model computes semantic"):
+        processor.tasks = ["panoptic"]
+    with pytest.raises(ValueError, match="ask for one or more"):
+        processor.tasks = ()
+    processor.tasks = "semantic"
+    assert processor.tasks == ("semantic",)

@@ -1,4 +1,4 @@
-"""Machine-readable demo results, in the formats the COCO tools read.
+"""Machine-readable results of a model's outputs (the demo's files), in the formats the COCO tools read.
 
 - panoptic: a PNG whose RGB colour encodes the segment id (id = R + 256 G + 256^2 B, 0 = void) and a JSON
   annotation {"image_id", "file_name", "segments_info": [{"id", "category_id", "iscrowd", "bbox", "area"}]}
@@ -8,7 +8,7 @@
 - semantic: a PNG of per-pixel label ids (dataset ids where the metadata maps them, as detectron2's
   SemSegEvaluator writes them; 8-bit, or 16-bit when an id exceeds 255).
 
-Results computed at a smaller size than the image's (the demo keeps outputs at the model's resolution for
+Results computed at a smaller size than the image's (the Predictor keeps outputs at the model's resolution for
 images the test resize made smaller) are written at the image's size: only the final maps are upsampled,
 with nearest neighbour (the panoptic id map, the semantic labels, each instance mask one at a time), and
 areas and boxes are measured on the upsampled maps.
