@@ -5,6 +5,7 @@ task asked for with a `Predictor`, draws it with the demo's drawing and writes t
 (dinat_m2f.results), named after the uploaded file, so that they equal demo/demo.py's files for that image. The
 segments table describes those files. Only `build_page` imports Gradio (the optional extra `pip install .[app]`).
 """
+import html
 import json
 import logging
 import shutil
@@ -175,7 +176,8 @@ def build_page(demo: WebDemo, model_name: str, confidence_threshold: float = 0.5
         try:
             result = demo.segment(image["path"], task, confidence_threshold, name=image.get("orig_name"))
         except RequestError as error:
-            raise gr.Error(str(error)) from error
+            logger.warning("Refused a request: %s", error)
+            raise gr.Error(html.escape(str(error), quote=False), print_exception=False) from error  # shown as HTML
         return result.visualization, result.rows, [str(path) for path in result.files], result.summary
 
     classes = demo.predictor.class_names
@@ -200,6 +202,9 @@ def build_page(demo: WebDemo, model_name: str, confidence_threshold: float = 0.5
                 table = gr.Dataframe(headers=list(SEGMENT_COLUMNS), label="Segments", interactive=False,
                                      elem_id="segments")
                 files = gr.File(label="Result files", file_count="multiple", interactive=False, elem_id="files")
-        button.click(segment, [image, task, threshold], [visualization, table, files, summary], api_name="segment",
-                     preprocess=False, concurrency_limit=1)
+        results = [visualization, table, files, summary]
+        button.click(segment, [image, task, threshold], results, api_name="segment", preprocess=False,
+                     concurrency_limit=1)
+        # results stay only beside the image they are of
+        image.change(lambda: (None, None, None, ""), None, results, api_visibility="private", queue=False)
     return page
