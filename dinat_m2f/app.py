@@ -155,8 +155,8 @@ class WebDemo:
                             confidence_threshold)
         processed = visualization.shape[:2]
         at = f", processed at {processed[1]}x{processed[0]} (the model's test size)" if processed != size else ""
-        summary = (f"**{task}**: {len(rows)} segments in {seconds:.2f} s on {self.predictor.cfg.MODEL.DEVICE} "
-                   f"({name}, {size[1]}x{size[0]}{at})")
+        summary = (f"**{task}**: {len(rows)} segments in {seconds:.2f} s on {self.predictor.cfg.MODEL.DEVICE}; "
+                   f"{name}, {size[1]}x{size[0]}{at}")
         logger.info("%s: %s, %d segments, %.2f s", name, task, len(rows), seconds)
         return Segmentation(visualization, rows, files, summary)
 
