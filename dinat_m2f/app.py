@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -108,14 +109,15 @@ def segment_rows(task: str, files: Sequence[Path], outputs: Dict[str, Any], clas
 
 class WebDemo:
     """A Predictor behind the page: `segment` runs one request. Result files go into a folder of their own under
-    `results_root` (default: the system's temporary folder); each request's folder replaces the previous one
-    (the page copies the files it serves, and runs one request at a time)."""
+    `results_root` (default: the system's temporary folder), removed when the demo ends; each request's folder
+    replaces the previous one (the page copies the files it serves, and runs one request at a time)."""
 
     def __init__(self, predictor: Predictor, results_root: Optional[str] = None):
         self.predictor = predictor
         self.tasks = config_tasks(predictor.cfg)
         self.categories = CategoryIds(predictor.metadata)
         self.results_root = Path(tempfile.mkdtemp(prefix="dinat_m2f_app_", dir=results_root))
+        weakref.finalize(self, shutil.rmtree, self.results_root, ignore_errors=True)  # also at the process's exit
         self._folder: Optional[Path] = None
 
     def _new_folder(self) -> Path:
@@ -153,7 +155,7 @@ class WebDemo:
         files = write_results(outputs, self._new_folder() / stem, stem, self.categories, confidence_threshold, size)
         rows = segment_rows(task, files, outputs, self.predictor.class_names, self.categories, size,
                             confidence_threshold)
-        processed = visualization.shape[:2]
+        processed = self.predictor.output_size(*size)
         at = f", processed at {processed[1]}x{processed[0]} (the model's test size)" if processed != size else ""
         summary = (f"**{task}**: {len(rows)} segments in {seconds:.2f} s on {self.predictor.cfg.MODEL.DEVICE}; "
                    f"{name}, {size[1]}x{size[0]}{at}")

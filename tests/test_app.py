@@ -124,6 +124,15 @@ def test_the_upload_name_names_the_files_and_each_request_replaces_the_last(tmp_
     assert first.files[0].parent.parent == second.files[0].parent.parent == web_demo.results_root
 
 
+def test_the_results_folder_goes_with_the_demo(tmp_path, web_demo):
+    other = WebDemo(web_demo.predictor, results_root=str(tmp_path))
+    other.segment(str(upload(tmp_path, "photo.png", 40, 56, seed=3)), "semantic")
+    folder = other.results_root
+    assert folder.parent == tmp_path and any(folder.rglob("photo_sem_seg.png"))
+    del other
+    assert not folder.exists()
+
+
 def test_unreadable_uploads_are_refused_naming_the_upload(tmp_path, web_demo):
     folder = tmp_path / "gradio" / "0123abcd"
     folder.mkdir(parents=True)

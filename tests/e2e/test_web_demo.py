@@ -187,6 +187,8 @@ def test_segment_api_with_gradio_client(app_url, demo_files, broken_image, tmp_p
         client.predict(handle_file(str(broken_image)), "panoptic", api_name="/segment")
     with pytest.raises(AppError, match="Task 'depth': this model offers panoptic, instance, semantic"):
         client.predict(handle_file(str(IMAGE)), "depth", api_name="/segment")
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(None, "panoptic", api_name="/segment")
 
 
 def http(url: str, data: bytes = None, content_type: str = None) -> bytes:
