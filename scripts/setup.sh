@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up dinat-m2f on a machine with internet access: torch/torchvision (if absent), detectron2 and
 # panopticapi from their git repositories (if not importable yet), NATTEN (optional, CPU-only machines), then
-# this project with its test extra.
+# this project with its test and web demo (app) extras.
 # Usage: bash scripts/setup.sh   (env PYTHON picks the interpreter; SRC_DIR where git checkouts go)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
@@ -43,6 +43,6 @@ if ! have natten; then
   fi
 fi
 
-echo "[setup] installing dinat_m2f with its test extra"
-"$PYTHON" -m pip install -q -e "$ROOT[test]"
+echo "[setup] installing dinat_m2f with its test and app extras"
+"$PYTHON" -m pip install -q -e "$ROOT[test,app]"
 "$PYTHON" -c "import dinat_m2f, detectron2, panopticapi, torch; print('[setup] ok: torch', torch.__version__)"
