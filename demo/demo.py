@@ -49,6 +49,7 @@ from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.data.image_files import read_image_file  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 from dinat_m2f.export import ImageTooLargeError  # noqa: E402
+from dinat_m2f.predictor import drawing_metadata  # noqa: E402
 from dinat_m2f.results import CategoryIds, write_results  # noqa: E402
 from dinat_m2f.special_files import special_file_kind  # noqa: E402
 
@@ -231,7 +232,7 @@ def run_on_video(predictor: Predictor, video: str, output: Optional[str], confid
         if not writer.isOpened():  # OpenCV does not raise: a folder, an unknown extension, no permission
             raise SystemExit(f"Cannot write the video {destination}: OpenCV could not open it for writing "
                              "(an .mp4 or .avi file in a writable folder is needed)")
-    video_visualizer = VideoVisualizer(predictor.metadata, ColorMode.IMAGE)
+    video_visualizer = VideoVisualizer(drawing_metadata(predictor.metadata), ColorMode.IMAGE)
     num_frames = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) or None  # from the header; may be absent
     frames_read = 0
     with tqdm.tqdm(total=num_frames, unit="frame") as progress:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances
 from PIL import Image
@@ -173,12 +174,33 @@ def _instances_to_show(outputs: Dict[str, Any], confidence_threshold: float) -> 
     return instances
 
 
-def draw_outputs(image_rgb: np.ndarray, outputs: Dict[str, Any], metadata: Any, confidence_threshold: float,
+def drawing_metadata(metadata: Metadata) -> Metadata:
+    """`metadata` with `thing_classes` and `thing_colors` indexable by the model's class index, as detectron2's
+    Visualizer indexes them. Datasets whose thing classes are not the first indices (ADE20K panoptic: every class
+    keeps its 150-class index, things among stuff) list their things in index order; they get lists with each
+    thing's name and colour at its index."""
+    indices = sorted((metadata.get("thing_dataset_id_to_contiguous_id") or {}).values())
+    names, colors = metadata.get("thing_classes"), metadata.get("thing_colors")
+    if not names or indices == list(range(len(indices))) or len(indices) != len(names):
+        return metadata
+    by_index = {"thing_classes": [""] * (indices[-1] + 1)}
+    for index, name in zip(indices, names):
+        by_index["thing_classes"][index] = name
+    if colors is not None:
+        by_index["thing_colors"] = [[0, 0, 0]] * (indices[-1] + 1)
+        for index, color in zip(indices, colors):
+            by_index["thing_colors"][index] = color
+    return Metadata(**{**metadata.as_dict(), **by_index})
+
+
+def draw_outputs(image_rgb: np.ndarray, outputs: Dict[str, Any], metadata: Metadata, confidence_threshold: float,
                  video: Optional[Any] = None) -> np.ndarray:
     """Draws the richest result (panoptic, else instances, else semantic) on `image_rgb` (at the outputs' size)
-    with detectron2's Visualizer, or with `video` (a VideoVisualizer) for a video's frames; returns RGB."""
+    with detectron2's Visualizer (classes named by `drawing_metadata`), or with `video` (a VideoVisualizer, made
+    with that metadata) for a video's frames; returns RGB."""
     from detectron2.utils.visualizer import ColorMode, Visualizer  # matplotlib: imported only to draw
 
+    metadata = drawing_metadata(metadata)
     if video is None:
         visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
         draw_panoptic, draw_instances, draw_semantic = (

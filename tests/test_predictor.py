@@ -156,3 +156,30 @@ def test_a_missing_file_a_folder_and_a_wrong_format_are_named(tmp_path, predicto
         predictor(tmp_path)
     with pytest.raises(ValueError, match="format must be one of RGB, BGR, got 'RGBA'"):
         predictor(np.zeros((8, 8, 3), dtype=np.uint8), format="RGBA")
+
+
+def test_things_of_ade20k_panoptic_are_drawn_under_their_own_names():
+    """ADE20K panoptic keeps each class at its 150-class index, things among stuff (e.g. a thing at index 149),
+    while its metadata lists only the things: drawn with the metadata as registered, detectron2's Visualizer
+    indexes that list by the class index (a wrong name, or an IndexError above 99)."""
+    from detectron2.data import MetadataCatalog
+
+    from dinat_m2f.predictor import drawing_metadata, draw_outputs
+
+    metadata = MetadataCatalog.get("ade20k_panoptic_val")
+    index_of = metadata.thing_dataset_id_to_contiguous_id
+    last_thing = max(index_of.values())
+    assert last_thing >= len(metadata.thing_classes)  # the case: an index beyond the things' list
+    drawn = drawing_metadata(metadata)
+    for dataset_id, index in index_of.items():
+        assert drawn.thing_classes[index] == metadata.stuff_classes[index], dataset_id
+    image = np.zeros((32, 32, 3), np.uint8)
+    panoptic = torch.zeros(32, 32, dtype=torch.int32)
+    panoptic[8:24, 8:24] = 1
+    segments = [{"id": 1, "category_id": last_thing, "isthing": True, "score": 0.9}]
+    with pytest.raises(IndexError):
+        Visualizer(image, metadata).draw_panoptic_seg(panoptic, segments)
+    assert draw_outputs(image, {"panoptic_seg": (panoptic, segments)}, metadata, 0.5).shape == (32, 32, 3)
+    synthetic = MetadataCatalog.get("synthetic_val_panoptic")  # things first: drawn with its own metadata
+    assert synthetic.thing_classes
+    assert drawing_metadata(synthetic) is synthetic
