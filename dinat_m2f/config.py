@@ -42,6 +42,10 @@ def add_maskformer2_config(cfg: CN) -> None:
     # Addition: autocast dtype used when SOLVER.AMP.ENABLED ("bfloat16" needs no GradScaler).
     cfg.SOLVER.AMP.PRECISION = "bfloat16"
 
+    # Addition: every backbone recomputes its blocks' activations in the backward instead of keeping them
+    # (MODEL.SWIN.USE_CHECKPOINT and MODEL.HRVIT.WITH_CP turn it on too, for their backbone).
+    cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING = False
+
     # Additions: torch.compile these MaskFormer submodules in place (Module.compile: parameter names unchanged),
     # and conv weights channels-last. Both off: on the 2-core CPU of docs/PERFORMANCE.md neither paid.
     cfg.MODEL.COMPILE = CN()
@@ -121,7 +125,7 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.SWIN.APE = False
     cfg.MODEL.SWIN.PATCH_NORM = True
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False  # MODEL.BACKBONE.ACTIVATION_CHECKPOINTING for this backbone
 
 
 def add_dinat_config(cfg: CN) -> None:
@@ -177,7 +181,7 @@ def add_hrvit_config(cfg: CN) -> None:
     cfg.MODEL.HRVIT.DROP_PATH_RATE = 0.1
     # BN, SyncBN or FrozenBN (detectron2's get_norm names) for the stem, fusion and attention BatchNorms.
     cfg.MODEL.HRVIT.NORM = "SyncBN"
-    cfg.MODEL.HRVIT.WITH_CP = False  # activation checkpointing of the blocks
+    cfg.MODEL.HRVIT.WITH_CP = False  # MODEL.BACKBONE.ACTIVATION_CHECKPOINTING for this backbone
     cfg.MODEL.HRVIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
 

@@ -1,8 +1,18 @@
 """Stochastic depth, shared by every backbone."""
+from typing import Sequence
+
 import torch
 from torch import nn
 
-__all__ = ["DropPath"]
+__all__ = ["DropPath", "drop_path_rates"]
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Stochastic depth rising linearly from 0 to `rate` over all blocks, split into groups of `depths` blocks
+    (one list per stage)."""
+    rates = torch.linspace(0, rate, sum(depths), device="cpu").tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start:start + depth] for start, depth in zip(starts, depths)]
 
 
 class DropPath(nn.Module):

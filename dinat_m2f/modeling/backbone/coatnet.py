@@ -35,15 +35,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.config import CfgNode
+from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
 
-from ...layers import DropPath
+from ...layers import DropPath, drop_path_rates
+from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = ["CoAtNet", "D2CoAtNet", "VARIANTS", "build_variant", "from_reference_config",
            "resize_rel_pos_bias_table"]
-
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
@@ -522,16 +522,20 @@ class CoAtNetStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
+        for block in self.blocks:
+            x = run_block(block, x)
+        return x
 
 
 def _halve(size: int) -> int:
     return (size - 1) // 2 + 1
 
 
-class CoAtNet(nn.Module):
+class CoAtNet(MultiScaleBackbone):
     """Stem (stride 2) and four stages of MBConv ("C") or transformer ("T") blocks, each halving the
     resolution in its first block; `norm0..norm3` (LayerNorm, channels-last) on the outputs res2..res5."""
+
+    checkpoint_blocks = r"stages\.\d+\.blocks\.\d+"
 
     def __init__(self, embed_dim: Sequence[int], depths: Sequence[int], stem_width: Sequence[int],
                  block_type: Sequence[str] = ("C", "C", "T", "T"), stem_bias: bool = False,
@@ -548,14 +552,14 @@ class CoAtNet(nn.Module):
         self.out_indices = tuple(out_indices)
         self.stem = Stem(in_chans, stem_width, stem_bias, conv_cfg.act_layer, conv_cfg.norm_eps)
         grid = [_halve(s) for s in pretrain_img_size]  # after the stem
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        rates = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList()
         in_chs = stem_width[-1]
         for i, (out_chs, depth, kind) in enumerate(zip(embed_dim, depths, block_type)):
             grid = [_halve(s) for s in grid]
             blocks = []
             for j in range(depth):
-                stride, rate = (2 if j == 0 else 1), rates[sum(depths[:i]) + j]
+                stride, rate = (2 if j == 0 else 1), rates[i][j]
                 if kind == "C":
                     blocks.append(MbConvBlock(in_chs, out_chs, stride, conv_cfg, rate))
                 elif kind == "T":
@@ -567,15 +571,16 @@ class CoAtNet(nn.Module):
             self.stages.append(CoAtNetStage(blocks))
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._set_outputs(self.out_indices, self.num_features)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x)
         outputs = {}
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
                 norm = getattr(self, f"norm{i}")
-                outputs[_FEATURE_NAMES[i]] = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+                outputs[FEATURE_NAMES[i]] = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
         return outputs
 
 
@@ -643,9 +648,7 @@ def from_reference_config(config: dict, **kwargs) -> CoAtNet:
 
 def variant_config(name: str, embed_dim=None, depths=None, stem_width=None, dim_head=None, img_size=None) -> dict:
     """VARIANTS[name] (a from_reference_config argument) with the given layout fields replaced."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown CoAtNet variant {name!r}; known: {sorted(VARIANTS)}")
-    config = copy.deepcopy(VARIANTS[name])
+    config = copy.deepcopy(lookup_variant(VARIANTS, name, "CoAtNet"))
     for key, value in (("embed_dim", embed_dim), ("depths", depths), ("stem_width", stem_width)):
         if value:
             config["cfg"][key] = list(value) if not isinstance(value, int) else value
@@ -663,33 +666,19 @@ def build_variant(name: str, **kwargs) -> CoAtNet:
 
 
 @BACKBONE_REGISTRY.register()
-class D2CoAtNet(CoAtNet, Backbone):
-    """CoAtNet configured by MODEL.COATNET.* (a VARIANT, optionally with its layout replaced), with
-    detectron2's Backbone interface."""
+class D2CoAtNet(CoAtNet):
+    """CoAtNet configured by MODEL.COATNET.* (a VARIANT, optionally with its layout replaced) and
+    MODEL.BACKBONE.ACTIVATION_CHECKPOINTING."""
 
-    def __init__(self, cfg, input_shape: ShapeSpec):
+    def __init__(self, cfg: CfgNode, input_shape: ShapeSpec):
         c = cfg.MODEL.COATNET
-        out_features = list(c.OUT_FEATURES)
-        unknown = [name for name in out_features if name not in _FEATURE_NAMES]
-        if unknown:
-            raise ValueError(f"MODEL.COATNET.OUT_FEATURES has unknown names {unknown}; choose from {_FEATURE_NAMES}")
         try:
             config = variant_config(c.VARIANT, c.EMBED_DIM, c.DEPTHS, c.STEM_WIDTH, c.DIM_HEAD, c.PRETRAIN_IMG_SIZE)
         except ValueError as e:
             raise ValueError(f"MODEL.COATNET.VARIANT: {e}") from None
         super().__init__(
             **_constructor_kwargs(config), drop_path_rate=c.DROP_PATH_RATE, attn_window=c.ATTN_WINDOW,
-            in_chans=input_shape.channels, out_indices=tuple(_FEATURE_NAMES.index(n) for n in out_features),
+            in_chans=input_shape.channels,
+            out_indices=out_feature_indices(c.OUT_FEATURES, "MODEL.COATNET.OUT_FEATURES"),
         )
-        self._out_features = out_features
-        self._out_feature_strides = {name: 4 * 2 ** i for i, name in enumerate(_FEATURE_NAMES)}
-        self._out_feature_channels = {name: self.num_features[i] for i, name in enumerate(_FEATURE_NAMES)}
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"D2CoAtNet takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        return super().forward(x)
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
+        self.activation_checkpointing = cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING

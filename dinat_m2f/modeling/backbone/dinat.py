@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.config import CfgNode
+from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
 
-from ...layers import DropPath, NeighborhoodAttention2D
+from ...layers import DropPath, Mlp, NeighborhoodAttention2D, drop_path_rates
+from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = ["DiNAT", "D2DiNAT", "VARIANTS", "build_variant", "from_reference_config", "max_dilations",
            "imagenet_dilations", "gradual_dilations"]
@@ -81,18 +83,6 @@ class ConvDownsampler(nn.Module):
         return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class NATLayer(nn.Module):
     """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)), with optional layer scale."""
 
@@ -134,7 +124,7 @@ class NATLevel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x)
         if self.downsample is None:
             return x, x
         return self.downsample(x), x
@@ -154,9 +144,11 @@ def check_dilations(dilations: Sequence[Sequence[int]] | None, depths: Sequence[
     return [list(level_dilations) for level_dilations in dilations]
 
 
-class DiNAT(nn.Module):
+class DiNAT(MultiScaleBackbone):
     """Conv tokenizer, levels of NAT layers with per-block dilations, conv downsamplers, and a LayerNorm
     (`norm0..norm3`) on each output level. Outputs res2..res5 (strides 4..32) as NCHW tensors."""
+
+    checkpoint_blocks = r"levels\.\d+\.blocks\.\d+"
 
     def __init__(self, embed_dim: int = 192, depths: Sequence[int] = (3, 4, 18, 5),
                  num_heads: Sequence[int] = (6, 12, 24, 48), kernel_size: int = 7,
@@ -177,19 +169,18 @@ class DiNAT(nn.Module):
 
         self.patch_embed = ConvTokenizer(in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        # Stochastic depth rises linearly over all blocks.
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        rates = drop_path_rates(drop_path_rate, depths)
         self.levels = nn.ModuleList()
         for i, depth in enumerate(depths):
-            first = sum(depths[:i])
             self.levels.append(NATLevel(
                 self.num_features[i], depth, num_heads[i], kernel_size, dilations[i],
-                downsample=i < self.num_levels - 1, drop_path=rates[first:first + depth],
+                downsample=i < self.num_levels - 1, drop_path=rates[i],
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
                 attn_drop=attn_drop_rate, layer_scale=layer_scale,
             ))
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._set_outputs(self.out_indices, self.num_features)
         self._freeze_stages()
 
     def _freeze_stages(self) -> None:
@@ -207,18 +198,15 @@ class DiNAT(nn.Module):
         self._freeze_stages()
         return self
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.pos_drop(self.patch_embed(x))
         outputs = {}
         for i, level in enumerate(self.levels):
             x, level_out = level(x)
             if i in self.out_indices:
                 level_out = getattr(self, f"norm{i}")(level_out)
-                outputs[f"res{i + 2}"] = level_out.permute(0, 3, 1, 2).contiguous()
+                outputs[FEATURE_NAMES[i]] = level_out.permute(0, 3, 1, 2).contiguous()
         return outputs
-
-
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 def _layer_scale(value: Any) -> float | None:
@@ -232,34 +220,19 @@ def _layer_scale(value: Any) -> float | None:
 
 
 @BACKBONE_REGISTRY.register()
-class D2DiNAT(DiNAT, Backbone):
-    """DiNAT configured by MODEL.DINAT.*, with detectron2's Backbone interface."""
+class D2DiNAT(DiNAT):
+    """DiNAT configured by MODEL.DINAT.* (and MODEL.BACKBONE.ACTIVATION_CHECKPOINTING)."""
 
-    def __init__(self, cfg, input_shape: ShapeSpec):
+    def __init__(self, cfg: CfgNode, input_shape: ShapeSpec):
         c = cfg.MODEL.DINAT
-        out_features = list(c.OUT_FEATURES)
-        unknown = [name for name in out_features if name not in _FEATURE_NAMES]
-        if unknown:
-            raise ValueError(f"MODEL.DINAT.OUT_FEATURES has unknown names {unknown}; choose from {_FEATURE_NAMES}")
         super().__init__(
             embed_dim=c.EMBED_DIM, depths=c.DEPTHS, num_heads=c.NUM_HEADS, kernel_size=c.KERNEL_SIZE,
             dilations=c.DILATIONS, mlp_ratio=c.MLP_RATIO, qkv_bias=c.QKV_BIAS, qk_scale=c.QK_SCALE,
             drop_rate=c.DROP_RATE, attn_drop_rate=c.ATTN_DROP_RATE, drop_path_rate=c.DROP_PATH_RATE,
-            in_chans=input_shape.channels, out_indices=tuple(_FEATURE_NAMES.index(n) for n in out_features),
-            frozen_stages=c.FROZEN_STAGES, layer_scale=_layer_scale(c.LAYER_SCALE),
+            in_chans=input_shape.channels, frozen_stages=c.FROZEN_STAGES, layer_scale=_layer_scale(c.LAYER_SCALE),
+            out_indices=out_feature_indices(c.OUT_FEATURES, "MODEL.DINAT.OUT_FEATURES"),
         )
-        self._out_features = out_features
-        self._out_feature_strides = {name: 4 * 2 ** i for i, name in enumerate(_FEATURE_NAMES)}
-        self._out_feature_channels = {name: self.num_features[i] for i, name in enumerate(_FEATURE_NAMES)}
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"D2DiNAT takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        return super().forward(x)
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
+        self.activation_checkpointing = cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING
 
 
 # The papers' ImageNet models (NAT: Hassani et al. 2022; DiNAT: Hassani & Shi 2022), as the reference
@@ -314,13 +287,11 @@ def from_reference_config(config: dict) -> D2DiNAT:
         if key in config:
             cfg.MODEL.DINAT[cfg_key] = config[key]
     if "out_indices" in config:
-        cfg.MODEL.DINAT.OUT_FEATURES = [_FEATURE_NAMES[i] for i in config["out_indices"]]
+        cfg.MODEL.DINAT.OUT_FEATURES = [FEATURE_NAMES[i] for i in config["out_indices"]]
     return D2DiNAT(cfg, ShapeSpec(channels=config.get("in_chans", 3)))
 
 
 def build_variant(name: str, **overrides) -> D2DiNAT:
     """One of `VARIANTS` (nat_mini ... nat_base, dinat_mini ... dinat_large: kernel 7, the 224 dilations),
     with reference constructor arguments overridden, e.g. build_variant("dinat_large", kernel_size=11)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown NAT/DiNAT variant {name!r}; known: {sorted(VARIANTS)}")
-    return from_reference_config({**VARIANTS[name], **overrides})
+    return from_reference_config({**lookup_variant(VARIANTS, name, "NAT/DiNAT"), **overrides})

@@ -35,16 +35,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d, get_norm
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from ...layers import DropPath
+from ...layers import DropPath, drop_path_rates
+from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = ["HRViT", "D2HRViT", "VARIANTS", "build_variant", "from_reference_config"]
-
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 # Score added to the padded keys of the last stripe (the reference's value, not -inf).
 _PAD_SCORE = -100.0
 
@@ -237,9 +236,8 @@ class HRViTStage(nn.Module):
 
     def __init__(self, in_dims: Sequence[int], dims: Sequence[int], depths: Sequence[int], dim_head: int,
                  stripes: Sequence[int], mlp_ratios: Sequence[int], drop_path: Sequence[Sequence[float]],
-                 norm: str, with_cp: bool):
+                 norm: str):
         super().__init__()
-        self.with_cp = with_cp
         self.patch_embed = nn.ModuleList(PatchEmbed(i, d) for i, d in zip(in_dims, dims))
         self.branches = nn.ModuleList(
             nn.ModuleList(HRViTBlock(dims[i], dim_head, stripes[i], mlp_ratios[i], drop_path[i][j], norm)
@@ -254,10 +252,7 @@ class HRViTStage(nn.Module):
             height, width = x.shape[-2:]
             x = embed(x)
             for block in blocks:
-                if self.with_cp and x.requires_grad:
-                    x = checkpoint(block, x, height, width, use_reentrant=False)
-                else:
-                    x = block(x, height, width)
+                x = run_block(block, x, height, width)
             outputs.append(_tokens_to_map(norm(x), height, width))
         return outputs
 
@@ -331,39 +326,44 @@ def check_layout(channel_list: Sequence[Sequence[int]], block_list: Sequence[Seq
             raise ValueError(f"HRViT module {k} has {len(dims)} branches after {previous}: each module keeps the "
                              "branches or opens one more, starting from 1")
         previous = len(dims)
-    if previous != len(_FEATURE_NAMES):
+    if previous != len(FEATURE_NAMES):
         raise ValueError(f"HRViT's last module must have 4 branches (strides 4..32), got {previous}")
     for name, values in (("ws_list", ws_list), ("mlp_ratio_list", mlp_ratio_list)):
-        if len(values) != len(_FEATURE_NAMES):
+        if len(values) != len(FEATURE_NAMES):
             raise ValueError(f"HRViT {name} needs one value per branch (4), got {list(values)}")
 
 
-class HRViT(nn.Module):
+class HRViT(MultiScaleBackbone):
     """Stem, then modules of (fusion, stage) with 1 to 4 parallel branches at strides 4, 8, 16, 32; returns
-    the last stage's four LayerNorm-ed maps as res2..res5 (NCHW)."""
+    the last stage's four LayerNorm-ed maps as res2..res5 (NCHW). `with_cp` turns on activation
+    checkpointing."""
+
+    checkpoint_blocks = r"features\.\d+\.branches\.\d+\.\d+"
 
     def __init__(self, channel_list: Sequence[Sequence[int]], block_list: Sequence[Sequence[int]],
                  dim_head: int, ws_list: Sequence[int], mlp_ratio_list: Sequence[int], channels: int = 64,
-                 in_channels: int = 3, drop_path_rate: float = 0.0, norm: str = "BN", with_cp: bool = False):
+                 in_channels: int = 3, drop_path_rate: float = 0.0, norm: str = "BN", with_cp: bool = False,
+                 out_features: Sequence[str] = FEATURE_NAMES):
         super().__init__()
         check_layout(channel_list, block_list, ws_list, mlp_ratio_list)
         self.num_features = list(channel_list[-1])
         self.stem = HRViTStem(in_channels, channels, norm)
-        # Stochastic depth rises linearly over all blocks in build order (module, branch, block): this
-        # project's choice, the fixture (eval mode) cannot tell.
-        total = sum(sum(depths) for depths in block_list)
-        rates = iter([drop_path_rate * n / max(total - 1, 1) for n in range(total)])
+        # Stochastic depth rises over all blocks in build order (module, branch, block): this project's
+        # choice, the fixture (eval mode) cannot tell.
+        rates = iter(drop_path_rates(drop_path_rate, [depth for depths in block_list for depth in depths]))
         self.features = nn.ModuleList()
         in_dims = [channels]
         for dims, depths in zip(channel_list, block_list):
             fused_dims = in_dims + list(dims[len(in_dims):])
             self.features.append(HRViTFusion(in_dims, fused_dims, norm))
-            drop_path = [[next(rates) for _ in range(depth)] for depth in depths]
+            drop_path = [next(rates) for _ in depths]
             self.features.append(HRViTStage(fused_dims, dims, depths, dim_head, ws_list, mlp_ratio_list, drop_path,
-                                            norm, with_cp))
+                                            norm))
             in_dims = list(dims)
         if norm == "FrozenBN":
             self._register_load_state_dict_pre_hook(self._drop_frozen_batch_counters)
+        self._set_outputs(out_feature_indices(out_features, "MODEL.HRVIT.OUT_FEATURES"), self.num_features)
+        self.activation_checkpointing = with_cp
 
     def _drop_frozen_batch_counters(self, state_dict, prefix, *args) -> None:
         """FrozenBN has no `num_batches_tracked`: a BN checkpoint's counters are dropped, not reported."""
@@ -371,11 +371,11 @@ class HRViT(nn.Module):
             if isinstance(module, FrozenBatchNorm2d):
                 state_dict.pop(f"{prefix}{name}.num_batches_tracked", None)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         xs = [self.stem(x)]
         for module in self.features:
             xs = module(xs)
-        return dict(zip(_FEATURE_NAMES, xs))
+        return dict(zip(FEATURE_NAMES, xs))
 
 
 def from_reference_config(config: dict, **overrides) -> HRViT:
@@ -402,9 +402,7 @@ def from_reference_config(config: dict, **overrides) -> HRViT:
 
 def build_variant(name: str, **overrides) -> HRViT:
     """A released layout by name ("hrvit_b1", "hrvit_b2", "hrvit_b3"); keyword arguments override HRViT's."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown HRViT variant {name!r}; known: {sorted(VARIANTS)}")
-    return HRViT(**dict(VARIANTS[name], **overrides))
+    return HRViT(**dict(lookup_variant(VARIANTS, name, "HRViT"), **overrides))
 
 
 # MODEL.HRVIT list keys -> HRViT arguments; None in the config means "the variant's value".
@@ -427,34 +425,15 @@ def layout_from_cfg(c) -> dict:
 
 
 @BACKBONE_REGISTRY.register()
-class D2HRViT(HRViT, Backbone):
-    """HRViT configured by MODEL.HRVIT.*, with detectron2's Backbone interface."""
+class D2HRViT(HRViT):
+    """HRViT configured by MODEL.HRVIT.* (activation checkpointing: MODEL.BACKBONE.ACTIVATION_CHECKPOINTING or
+    MODEL.HRVIT.WITH_CP)."""
 
-    def __init__(self, cfg, input_shape: ShapeSpec):
+    def __init__(self, cfg: CfgNode, input_shape: ShapeSpec):
         c = cfg.MODEL.HRVIT
-        out_features = list(c.OUT_FEATURES)
-        unknown = [name for name in out_features if name not in _FEATURE_NAMES]
-        if unknown:
-            raise ValueError(f"MODEL.HRVIT.OUT_FEATURES has unknown names {unknown}; choose from {_FEATURE_NAMES}")
         norms = ("BN", "SyncBN", "FrozenBN")
         if c.NORM not in norms:
             raise ValueError(f"MODEL.HRVIT.NORM {c.NORM!r} is not one of {norms}")
         super().__init__(**layout_from_cfg(c), in_channels=input_shape.channels, drop_path_rate=c.DROP_PATH_RATE,
-                         norm=c.NORM, with_cp=c.WITH_CP)
-        self._out_features = out_features
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"D2HRViT takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        features = super().forward(x)
-        return {name: features[name] for name in self._out_features}
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self.num_features[i], stride=4 * 2 ** i)
-            for i, name in enumerate(_FEATURE_NAMES) if name in self._out_features
-        }
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
+                         norm=c.NORM, with_cp=cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING or c.WITH_CP,
+                         out_features=c.OUT_FEATURES)

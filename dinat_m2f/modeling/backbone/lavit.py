@@ -60,11 +60,11 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
 
-from ...layers import DropPath
-from .dinat import Mlp
+from ...layers import DropPath, Mlp, PatchEmbed, drop_path_rates
+from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = [
     "LaViT", "D2LaViT", "VARIANTS", "build_variant", "from_reference_config", "diagonality_preserving_loss",
@@ -80,8 +80,6 @@ VARIANTS: dict[str, dict] = {
     "lavit_base": dict(embed_dim=128, depths=(2, 2, 18, 2), va_depths=(1, 1, 6, 1), num_heads=(4, 8, 16, 32),
                        drop_path_rate=0.5),
 }
-
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 class WindowGrid(NamedTuple):
@@ -254,22 +252,6 @@ def diagonality_preserving_loss(scores: torch.Tensor, pair_mask: Optional[torch.
     return (asymmetry * mask).sum() / pairs.clamp(min=1) + (excess * mask).sum() / (pairs - diagonal).clamp(min=1)
 
 
-class PatchEmbed(nn.Module):
-    """p x p patch embedding: Conv (kernel = stride = p), LayerNorm; channels-last output. Inputs are
-    zero-padded to a multiple of p."""
-
-    def __init__(self, in_chans: int, dim: int, patch_size: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
-        x = F.pad(x, (0, (-x.shape[-1]) % p, 0, (-x.shape[-2]) % p))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
 class Downsample(nn.Module):
     """Conv k=2 s=2 between stages (C -> 2C), LayerNorm; odd maps are zero-padded to even first."""
 
@@ -337,7 +319,7 @@ class LaViTStage(nn.Module):
             scores = self.attn_residual(previous[0], previous[1], grid)
         dp_losses = []
         for block in self.blocks:
-            x, scores = block(x, grid, scores)
+            x, scores = run_block(block, x, grid, scores)
             if with_dp_loss and block.less_attention:
                 dp_losses.append(diagonality_preserving_loss(scores, grid.pair_mask))
         return x, (scores, grid), dp_losses
@@ -365,10 +347,12 @@ def stage_window_sizes(window_size: int, global_attention: bool, pretrain_img_si
     return sizes
 
 
-class LaViT(nn.Module):
+class LaViT(MultiScaleBackbone):
     """Hierarchical ViT with VA and LA layers, attention residuals and the DP loss (module docstring).
     Outputs res2..res5 (strides p, 2p, 4p, 8p) as NCHW tensors; in training, ``training_losses()`` then
     holds ``loss_lavit_dp`` (dp_loss_weight x the sum over LA layers)."""
+
+    checkpoint_blocks = r"layers\.\d+\.blocks\.\d+"
 
     def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  va_depths: Sequence[int] = (1, 1, 2, 1), num_heads: Sequence[int] = (3, 6, 12, 24),
@@ -397,20 +381,20 @@ class LaViT(nn.Module):
         self.out_indices = tuple(out_indices)
         self._dp_loss: Optional[torch.Tensor] = None
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        rates = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList()
         for m, depth in enumerate(depths):
-            first = sum(depths[:m])
             self.layers.append(LaViTStage(
                 self.num_features[m - 1] if m else None, self.num_features[m], depth, va_depths[m], num_heads[m],
-                num_heads[m - 1] if m else None, self.window_sizes[m], mlp_ratio, qkv_bias,
-                rates[first:first + depth], ar_layer_scale,
+                num_heads[m - 1] if m else None, self.window_sizes[m], mlp_ratio, qkv_bias, rates[m],
+                ar_layer_scale,
             ))
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._set_outputs(self.out_indices, self.num_features, [patch_size * 2 ** i for i in range(len(depths))])
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with_dp_loss = self.training and self.dp_loss_weight > 0
         x = self.patch_embed(x)
         outputs, previous, dp_losses = {}, None, []
@@ -418,7 +402,7 @@ class LaViT(nn.Module):
             x, previous, stage_losses = stage(x, previous, with_dp_loss)
             dp_losses += stage_losses
             if i in self.out_indices:
-                outputs[f"res{i + 2}"] = getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous()
+                outputs[FEATURE_NAMES[i]] = getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous()
         self._dp_loss = torch.stack(dp_losses).sum() if dp_losses else None
         return outputs
 
@@ -430,19 +414,16 @@ class LaViT(nn.Module):
 
 
 @BACKBONE_REGISTRY.register()
-class D2LaViT(LaViT, Backbone):
-    """LaViT configured by MODEL.LAVIT.*, with detectron2's Backbone interface. Also constructible from
-    LaViT's own keyword arguments (plus ``out_features``), which is what ``from_reference_config`` does."""
+class D2LaViT(LaViT):
+    """LaViT configured by MODEL.LAVIT.* (and MODEL.BACKBONE.ACTIVATION_CHECKPOINTING). Also constructible
+    from LaViT's own keyword arguments (plus ``out_features`` and ``activation_checkpointing``), which is what
+    ``from_reference_config`` does."""
 
     @configurable
-    def __init__(self, *, out_features: Sequence[str] = _FEATURE_NAMES, **kwargs):
-        unknown = [name for name in out_features if name not in _FEATURE_NAMES]
-        if unknown:
-            raise ValueError(f"MODEL.LAVIT.OUT_FEATURES has unknown names {unknown}; choose from {_FEATURE_NAMES}")
-        super().__init__(out_indices=tuple(_FEATURE_NAMES.index(n) for n in out_features), **kwargs)
-        self._out_features = list(out_features)
-        self._out_feature_strides = {name: self.patch_size * 2 ** i for i, name in enumerate(_FEATURE_NAMES)}
-        self._out_feature_channels = {name: self.num_features[i] for i, name in enumerate(_FEATURE_NAMES)}
+    def __init__(self, *, out_features: Sequence[str] = FEATURE_NAMES, activation_checkpointing: bool = False,
+                 **kwargs):
+        super().__init__(out_indices=out_feature_indices(out_features, "MODEL.LAVIT.OUT_FEATURES"), **kwargs)
+        self.activation_checkpointing = activation_checkpointing
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
@@ -453,16 +434,8 @@ class D2LaViT(LaViT, Backbone):
             pretrain_img_size=c.PRETRAIN_IMG_SIZE, mlp_ratio=c.MLP_RATIO, qkv_bias=c.QKV_BIAS,
             drop_path_rate=c.DROP_PATH_RATE, ar_layer_scale=c.AR_LAYER_SCALE, dp_loss_weight=c.DP_LOSS_WEIGHT,
             in_chans=input_shape.channels, out_features=c.OUT_FEATURES,
+            activation_checkpointing=cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING,
         )
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"D2LaViT takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        return super().forward(x)
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
 
 
 def from_reference_config(config: dict) -> D2LaViT:
@@ -475,6 +448,4 @@ def from_reference_config(config: dict) -> D2LaViT:
 
 def build_variant(name: str, **overrides) -> D2LaViT:
     """One of this project's LaViT sizes (``VARIANTS``), with optional argument overrides."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown LaViT variant {name!r}; known: {sorted(VARIANTS)}")
-    return D2LaViT(**{**VARIANTS[name], **overrides})
+    return D2LaViT(**{**lookup_variant(VARIANTS, name, "LaViT"), **overrides})

@@ -9,19 +9,17 @@ res2..res5 are each stage's output before its downsample, through added channels
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.config import CfgNode
+from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
 
-from ...layers import DropPath
+from ...layers import DropPath, drop_path_rates
+from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = ["ShiftViT", "D2ShiftViT", "VARIANTS", "build_variant", "from_reference_config", "shift_channels"]
-
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
 # The reference's `norm_layer` choices. "GN1" is GroupNorm with one group: statistics over all of (C, H, W) of
 # each sample (not a per-token LayerNorm), per-channel affine.
@@ -107,19 +105,27 @@ class BasicLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x)
         return (x if self.downsample is None else self.downsample(x)), x
 
 
-class ShiftViT(nn.Module):
+class ShiftViT(MultiScaleBackbone):
     """ShiftViT's stem and four stages, with a channels-last LayerNorm `norm{i}` on each output level.
-    Outputs res2..res5 (strides 4..32) as NCHW tensors."""
+    Outputs res2..res5 (strides 4..32) as NCHW tensors.
+
+    The 2x2 merges need even maps down to stride 16: inputs are zero-padded to a multiple of 32 at the
+    bottom/right (`input_multiple`), as the meta-architecture pads its batch, and the outputs cropped to the
+    image's ceil(H / stride) x ceil(W / stride). GN1's statistics cover the padded map, so a padded batch and
+    a padded single image give the same features."""
+
+    checkpoint_blocks = r"layers\.\d+\.blocks\.\d+"
+    input_multiple = 32
 
     def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (6, 8, 18, 6), mlp_ratio: float = 2.0,
                  n_div: int = 12, drop_path_rate: float = 0.0, norm: str = "GN1", in_chans: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
-        if len(depths) != len(_FEATURE_NAMES):
+        if len(depths) != len(FEATURE_NAMES):
             raise ValueError(f"MODEL.SHIFTVIT.DEPTHS must have one entry per level res2..res5 (4), got "
                              f"{len(depths)}: {list(depths)}")
         for level, depth in enumerate(depths):
@@ -135,62 +141,39 @@ class ShiftViT(nn.Module):
         self.out_indices = tuple(out_indices)
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, norm_layer)
-        # Stochastic depth rises linearly over all blocks.
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        rates = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList(
-            BasicLayer(self.num_features[i], depth, n_div, mlp_ratio, rates[sum(depths[:i]):sum(depths[:i + 1])],
-                       norm_layer, downsample=i < len(depths) - 1)
+            BasicLayer(self.num_features[i], depth, n_div, mlp_ratio, rates[i], norm_layer,
+                       downsample=i < len(depths) - 1)
             for i, depth in enumerate(depths)
         )
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._set_outputs(self.out_indices, self.num_features)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        # The 2x2 merges need even maps down to stride 16: pad to a multiple of 32 at the bottom/right with
-        # zeros, as the meta-architecture pads its batch (SIZE_DIVISIBILITY 32). GN1's statistics cover the
-        # padded map, so a padded batch and a padded single image give the same features. The outputs are
-        # cropped to the image's ceil(H / stride) x ceil(W / stride).
-        height, width = x.shape[-2:]
-        x = F.pad(x, (0, -width % 32, 0, -height % 32))
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.patch_embed(x)
         outputs = {}
         for i, layer in enumerate(self.layers):
             x, level_out = layer(x)
             if i in self.out_indices:
-                stride = 4 * 2 ** i
-                level_out = level_out[..., :math.ceil(height / stride), :math.ceil(width / stride)]
                 level_out = getattr(self, f"norm{i}")(level_out.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-                outputs[_FEATURE_NAMES[i]] = level_out.contiguous()
+                outputs[FEATURE_NAMES[i]] = level_out.contiguous()
         return outputs
 
 
 @BACKBONE_REGISTRY.register()
-class D2ShiftViT(ShiftViT, Backbone):
-    """ShiftViT configured by MODEL.SHIFTVIT.*, with detectron2's Backbone interface."""
+class D2ShiftViT(ShiftViT):
+    """ShiftViT configured by MODEL.SHIFTVIT.* (and MODEL.BACKBONE.ACTIVATION_CHECKPOINTING)."""
 
-    def __init__(self, cfg, input_shape: ShapeSpec):
+    def __init__(self, cfg: CfgNode, input_shape: ShapeSpec):
         c = cfg.MODEL.SHIFTVIT
-        out_features = list(c.OUT_FEATURES)
-        unknown = [name for name in out_features if name not in _FEATURE_NAMES]
-        if unknown:
-            raise ValueError(f"MODEL.SHIFTVIT.OUT_FEATURES has unknown names {unknown}; choose from {_FEATURE_NAMES}")
         super().__init__(
             embed_dim=c.EMBED_DIM, depths=c.DEPTHS, mlp_ratio=c.MLP_RATIO, n_div=c.N_DIV,
             drop_path_rate=c.DROP_PATH_RATE, norm=c.NORM, in_chans=input_shape.channels,
-            out_indices=tuple(_FEATURE_NAMES.index(name) for name in out_features),
+            out_indices=out_feature_indices(c.OUT_FEATURES, "MODEL.SHIFTVIT.OUT_FEATURES"),
         )
-        self._out_features = out_features
-        self._out_feature_strides = {name: 4 * 2 ** i for i, name in enumerate(_FEATURE_NAMES)}
-        self._out_feature_channels = {name: self.num_features[i] for i, name in enumerate(_FEATURE_NAMES)}
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"D2ShiftViT takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        return super().forward(x)
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
+        self.activation_checkpointing = cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING
 
 
 # SPACH's registry variants (tests/fixtures/backbone_manifests.json `constructor`; light_small from
@@ -235,6 +218,4 @@ def from_reference_config(config: dict) -> D2ShiftViT:
 
 def build_variant(name: str, **overrides) -> D2ShiftViT:
     """One of `VARIANTS` (SPACH's registry names), with reference constructor arguments overridden."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown ShiftViT variant {name!r}; known: {sorted(VARIANTS)}")
-    return from_reference_config({**VARIANTS[name], **overrides})
+    return from_reference_config({**lookup_variant(VARIANTS, name, "ShiftViT"), **overrides})

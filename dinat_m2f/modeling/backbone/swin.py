@@ -15,36 +15,17 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from detectron2.config import CfgNode
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
 
-from ...layers import DropPath
-from .dinat import Mlp
+from ...layers import DropPath, Mlp, PatchEmbed, drop_path_rates
+from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = ["SwinTransformer", "D2SwinTransformer", "VARIANTS", "build_variant", "from_reference_config"]
 
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 # The value Swin adds to the scores of token pairs from different shift regions (not -inf).
 SHIFT_MASK_VALUE = -100.0
-
-
-class PatchEmbed(nn.Module):
-    """Conv patch_size x patch_size, stride patch_size (input zero-padded at the bottom/right to a multiple),
-    then an optional LayerNorm; output channels-last (B, H, W, C)."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, patch_norm: bool):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim) if patch_norm else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        x = F.pad(x, (0, -width % self.patch_size, 0, -height % self.patch_size))
-        x = self.proj(x).permute(0, 2, 3, 1)
-        return x if self.norm is None else self.norm(x)
 
 
 class PatchMerging(nn.Module):
@@ -172,11 +153,10 @@ class SwinStage(nn.Module):
     stage, this stage's output before merging)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, downsample: bool,
-                 drop_path: Sequence[float], use_checkpoint: bool, **block_kwargs):
+                 drop_path: Sequence[float], **block_kwargs):
         super().__init__()
         self.window_size = window_size
         self.shift = window_size // 2
-        self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(dim, num_heads, window_size, shift=0 if i % 2 == 0 else self.shift,
                                  drop_path=drop_path[i], **block_kwargs)
@@ -189,25 +169,26 @@ class SwinStage(nn.Module):
         padded_height, padded_width = -(-x.shape[1] // size) * size, -(-x.shape[2] // size) * size
         mask = shift_mask(padded_height, padded_width, size, self.shift, x.device)
         for block in self.blocks:
-            if self.use_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
-            else:
-                x = block(x, mask)
+            x = run_block(block, x, mask)
         if self.downsample is None:
             return x, x
         return self.downsample(x), x
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(MultiScaleBackbone):
     """Patch embedding, four stages of (shifted) window attention with patch merging between them, and a
-    LayerNorm `norm0..norm3` on each stage's output. Outputs res2..res5 (strides 4..32) as NCHW tensors."""
+    LayerNorm `norm0..norm3` on each stage's output. Outputs res2..res5 (strides 4..32) as NCHW tensors;
+    `use_checkpoint` turns on activation checkpointing."""
+
+    checkpoint_blocks = r"layers\.\d+\.blocks\.\d+"
 
     def __init__(self, pretrain_img_size: int = 224, patch_size: int = 4, in_chans: int = 3,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, qk_scale: float | None = None, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.2, ape: bool = False,
-                 patch_norm: bool = True, use_checkpoint: bool = False):
+                 patch_norm: bool = True, use_checkpoint: bool = False,
+                 out_features: Sequence[str] = FEATURE_NAMES):
         super().__init__()
         check_levels(embed_dim, depths, num_heads)
         self.num_levels = len(depths)
@@ -221,21 +202,21 @@ class SwinTransformer(nn.Module):
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(drop_rate)
-        # Stochastic depth rises linearly over all blocks.
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        rates = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
-            first = sum(depths[:i])
             self.layers.append(SwinStage(
                 self.num_features[i], depth, num_heads[i], window_size, downsample=i < self.num_levels - 1,
-                drop_path=rates[first:first + depth], use_checkpoint=use_checkpoint, mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
+                drop_path=rates[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
+                attn_drop=attn_drop_rate,
             ))
         # Mask2Former's output norms exist for every level (its checkpoints carry all four).
         for i in range(self.num_levels):
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._set_outputs(out_feature_indices(out_features, "MODEL.SWIN.OUT_FEATURES"), self.num_features)
+        self.activation_checkpointing = use_checkpoint
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.patch_embed(x)
         if self.ape:
             pos = F.interpolate(self.absolute_pos_embed, size=x.shape[1:3], mode="bicubic")
@@ -244,7 +225,7 @@ class SwinTransformer(nn.Module):
         outputs = {}
         for i, stage in enumerate(self.layers):
             x, stage_out = stage(x)
-            outputs[_FEATURE_NAMES[i]] = getattr(self, f"norm{i}")(stage_out).permute(0, 3, 1, 2).contiguous()
+            outputs[FEATURE_NAMES[i]] = getattr(self, f"norm{i}")(stage_out).permute(0, 3, 1, 2).contiguous()
         return outputs
 
 
@@ -255,9 +236,9 @@ def check_levels(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int]
         raise ValueError(f"MODEL.SWIN.NUM_HEADS {list(num_heads)} has {len(num_heads)} entries but "
                          f"MODEL.SWIN.DEPTHS {list(depths)} has {len(depths)} levels: level {level} has "
                          f"no {'NUM_HEADS' if len(num_heads) < len(depths) else 'DEPTHS'} entry")
-    if len(depths) != len(_FEATURE_NAMES):
-        raise ValueError(f"MODEL.SWIN.DEPTHS {list(depths)} must have {len(_FEATURE_NAMES)} levels "
-                         f"({', '.join(_FEATURE_NAMES)})")
+    if len(depths) != len(FEATURE_NAMES):
+        raise ValueError(f"MODEL.SWIN.DEPTHS {list(depths)} must have {len(FEATURE_NAMES)} levels "
+                         f"({', '.join(FEATURE_NAMES)})")
     for level, heads in enumerate(num_heads):
         channels = embed_dim * 2 ** level
         if channels % heads:
@@ -266,35 +247,20 @@ def check_levels(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int]
 
 
 @BACKBONE_REGISTRY.register()
-class D2SwinTransformer(SwinTransformer, Backbone):
-    """Swin configured by MODEL.SWIN.*, with detectron2's Backbone interface."""
+class D2SwinTransformer(SwinTransformer):
+    """Swin configured by MODEL.SWIN.* (activation checkpointing: MODEL.BACKBONE.ACTIVATION_CHECKPOINTING or
+    MODEL.SWIN.USE_CHECKPOINT)."""
 
     def __init__(self, cfg: CfgNode, input_shape: ShapeSpec):
         c = cfg.MODEL.SWIN
-        out_features = list(c.OUT_FEATURES)
-        unknown = [name for name in out_features if name not in _FEATURE_NAMES]
-        if unknown:
-            raise ValueError(f"MODEL.SWIN.OUT_FEATURES has unknown names {unknown}; choose from {_FEATURE_NAMES}")
         super().__init__(
             pretrain_img_size=c.PRETRAIN_IMG_SIZE, patch_size=c.PATCH_SIZE, in_chans=input_shape.channels,
             embed_dim=c.EMBED_DIM, depths=c.DEPTHS, num_heads=c.NUM_HEADS, window_size=c.WINDOW_SIZE,
             mlp_ratio=c.MLP_RATIO, qkv_bias=c.QKV_BIAS, qk_scale=c.QK_SCALE, drop_rate=c.DROP_RATE,
             attn_drop_rate=c.ATTN_DROP_RATE, drop_path_rate=c.DROP_PATH_RATE, ape=c.APE,
-            patch_norm=c.PATCH_NORM, use_checkpoint=c.USE_CHECKPOINT,
+            patch_norm=c.PATCH_NORM, out_features=c.OUT_FEATURES,
+            use_checkpoint=cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING or c.USE_CHECKPOINT,
         )
-        self._out_features = out_features
-        self._out_feature_strides = {name: 4 * 2 ** i for i, name in enumerate(_FEATURE_NAMES)}
-        self._out_feature_channels = {name: self.num_features[i] for i, name in enumerate(_FEATURE_NAMES)}
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"D2SwinTransformer takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        outputs = super().forward(x)
-        return {name: outputs[name] for name in self._out_features}
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
 
 
 def from_reference_config(config: dict) -> D2SwinTransformer:
@@ -334,6 +300,4 @@ VARIANTS: dict[str, dict] = {
 def build_variant(name: str, **overrides) -> D2SwinTransformer:
     """A released variant by name (see VARIANTS), e.g. build_variant("swin_large_384"); `overrides` are
     further reference config keys (e.g. drop_path_rate=0.0)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown Swin variant {name!r}; known: {sorted(VARIANTS)}")
-    return from_reference_config({**VARIANTS[name], **overrides})
+    return from_reference_config({**lookup_variant(VARIANTS, name, "Swin"), **overrides})

@@ -22,16 +22,14 @@ from typing import Any, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 
 from ...checkpoint import read_safetensors_file, read_torch_file
+from .base import FEATURE_NAMES, FEATURE_STRIDES, MultiScaleBackbone
 
 __all__ = ["D2TimmBackbone", "import_timm", "read_timm_state_dict"]
 
 logger = logging.getLogger(__name__)
-
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
-_STRIDES = (4, 8, 16, 32)
 # create_model arguments this wrapper sets itself.
 _RESERVED_KWARGS = ("features_only", "pretrained", "out_indices", "pretrained_cfg_overlay", "in_chans")
 
@@ -107,12 +105,18 @@ def _feature_channels_last(model) -> bool:
 
 
 @BACKBONE_REGISTRY.register()
-class D2TimmBackbone(Backbone):
-    """A timm feature extractor (MODEL.TIMM.*) with detectron2's Backbone interface; see the module docstring."""
+class D2TimmBackbone(MultiScaleBackbone):
+    """A timm feature extractor (MODEL.TIMM.*) with this project's backbone contract; see the module docstring.
+
+    timm models need sizes of various multiples (ConvNeXt's 4x4 stem and 2x2 downsamplers drop a remainder):
+    inputs are padded to a multiple of 32 and the features cropped back to ceil(H / stride), as for every
+    backbone. Activation checkpointing is timm's own (`set_grad_checkpointing`: the model's stages or blocks)."""
+
+    input_multiple = 32
 
     @configurable
     def __init__(self, *, name: str, pretrained_path: str = "", out_indices: Sequence[int] = (),
-                 in_chans: int = 3, **kwargs: Any):
+                 in_chans: int = 3, activation_checkpointing: bool = False, **kwargs: Any):
         super().__init__()
         if not name:
             raise ValueError("MODEL.TIMM.NAME is empty: name a timm model, e.g. convnext_tiny")
@@ -138,7 +142,7 @@ class D2TimmBackbone(Backbone):
 
         strides = list(self.model.feature_info.reduction())
         channels = list(self.model.feature_info.channels())
-        missing = [s for s in _STRIDES if s not in strides]
+        missing = [s for s in FEATURE_STRIDES if s not in strides]
         if missing:
             raise ValueError(
                 f"timm model {name!r} has no features at stride(s) {missing} (its features_only outputs have "
@@ -147,33 +151,30 @@ class D2TimmBackbone(Backbone):
             )
         # Position of the deepest output at each stride (the last one timm lists).
         self._positions = {name_: max(i for i, s in enumerate(strides) if s == stride)
-                           for name_, stride in zip(_FEATURE_NAMES, _STRIDES)}
+                           for name_, stride in zip(FEATURE_NAMES, FEATURE_STRIDES)}
         self._channels_last = _feature_channels_last(self.model)
-        self._out_feature_strides = dict(zip(_FEATURE_NAMES, _STRIDES))
-        self._out_feature_channels = {n: channels[self._positions[n]] for n in _FEATURE_NAMES}
+        self._set_outputs(range(len(FEATURE_NAMES)), [channels[self._positions[n]] for n in FEATURE_NAMES])
+        self.activation_checkpointing = activation_checkpointing
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
         c = cfg.MODEL.TIMM
         return dict(name=c.NAME, pretrained_path=c.PRETRAINED_PATH, out_indices=c.OUT_INDICES,
-                    in_chans=input_shape.channels, **dict(c.KWARGS))
+                    in_chans=input_shape.channels,
+                    activation_checkpointing=cfg.MODEL.BACKBONE.ACTIVATION_CHECKPOINTING, **dict(c.KWARGS))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4:
-            raise ValueError(f"D2TimmBackbone takes (N, C, H, W) input, got shape {tuple(x.shape)}")
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.model(x)
         outputs = {}
-        for name in _FEATURE_NAMES:
+        for name in FEATURE_NAMES:
             feature = features[self._positions[name]]
             outputs[name] = feature.permute(0, 3, 1, 2).contiguous() if self._channels_last else feature
         return outputs
 
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
-            for name in _FEATURE_NAMES
-        }
-
-    @property
-    def size_divisibility(self) -> int:
-        return 32
+    def _apply_activation_checkpointing(self, enabled: bool) -> None:
+        if not hasattr(self.model, "set_grad_checkpointing"):
+            if enabled:
+                raise ValueError(f"MODEL.BACKBONE.ACTIVATION_CHECKPOINTING: timm's {type(self.model).__name__} "
+                                 "has no set_grad_checkpointing")
+            return
+        self.model.set_grad_checkpointing(enabled)
