@@ -97,6 +97,15 @@ class MultiScaleBackbone(Backbone):
         self._out_feature_channels = dict(zip(FEATURE_NAMES, channels))
         self._out_feature_strides = dict(zip(FEATURE_NAMES, strides))
 
+    def _add_output_norms(self, indices: Sequence[int], channels: Sequence[int]) -> None:
+        """A LayerNorm `norm{i}` (the references' checkpoint name) for each output level i."""
+        for i in indices:
+            self.add_module(f"norm{i}", nn.LayerNorm(channels[i]))
+
+    def _output_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Level i's channels-last (N, H, W, C) map through `norm{i}`, as a contiguous NCHW map."""
+        return getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous()
+
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The family's network on an input of a multiple of `input_multiple`: at least the out features."""
         raise NotImplementedError

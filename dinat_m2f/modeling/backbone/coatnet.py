@@ -569,8 +569,7 @@ class CoAtNet(MultiScaleBackbone):
                     raise ValueError(f"CoAtNet block_type must be 'C' or 'T', got {kind!r} for stage {i}")
                 in_chs = out_chs
             self.stages.append(CoAtNetStage(blocks))
-        for i in self.out_indices:
-            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._add_output_norms(self.out_indices, self.num_features)
         self._set_outputs(self.out_indices, self.num_features)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -579,8 +578,7 @@ class CoAtNet(MultiScaleBackbone):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                norm = getattr(self, f"norm{i}")
-                outputs[FEATURE_NAMES[i]] = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+                outputs[FEATURE_NAMES[i]] = self._output_norm(i, x.permute(0, 2, 3, 1))
         return outputs
 
 

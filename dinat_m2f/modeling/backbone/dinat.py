@@ -178,8 +178,7 @@ class DiNAT(MultiScaleBackbone):
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
                 attn_drop=attn_drop_rate, layer_scale=layer_scale,
             ))
-        for i in self.out_indices:
-            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._add_output_norms(self.out_indices, self.num_features)
         self._set_outputs(self.out_indices, self.num_features)
         self._freeze_stages()
 
@@ -204,8 +203,7 @@ class DiNAT(MultiScaleBackbone):
         for i, level in enumerate(self.levels):
             x, level_out = level(x)
             if i in self.out_indices:
-                level_out = getattr(self, f"norm{i}")(level_out)
-                outputs[FEATURE_NAMES[i]] = level_out.permute(0, 3, 1, 2).contiguous()
+                outputs[FEATURE_NAMES[i]] = self._output_norm(i, level_out)
         return outputs
 
 

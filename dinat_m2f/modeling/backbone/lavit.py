@@ -390,8 +390,7 @@ class LaViT(MultiScaleBackbone):
                 num_heads[m - 1] if m else None, self.window_sizes[m], mlp_ratio, qkv_bias, rates[m],
                 ar_layer_scale,
             ))
-        for i in self.out_indices:
-            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._add_output_norms(self.out_indices, self.num_features)
         self._set_outputs(self.out_indices, self.num_features, [patch_size * 2 ** i for i in range(len(depths))])
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -402,7 +401,7 @@ class LaViT(MultiScaleBackbone):
             x, previous, stage_losses = stage(x, previous, with_dp_loss)
             dp_losses += stage_losses
             if i in self.out_indices:
-                outputs[FEATURE_NAMES[i]] = getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous()
+                outputs[FEATURE_NAMES[i]] = self._output_norm(i, x)
         self._dp_loss = torch.stack(dp_losses).sum() if dp_losses else None
         return outputs
 

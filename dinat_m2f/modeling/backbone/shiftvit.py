@@ -147,8 +147,7 @@ class ShiftViT(MultiScaleBackbone):
                        downsample=i < len(depths) - 1)
             for i, depth in enumerate(depths)
         )
-        for i in self.out_indices:
-            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._add_output_norms(self.out_indices, self.num_features)
         self._set_outputs(self.out_indices, self.num_features)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,8 +156,7 @@ class ShiftViT(MultiScaleBackbone):
         for i, layer in enumerate(self.layers):
             x, level_out = layer(x)
             if i in self.out_indices:
-                level_out = getattr(self, f"norm{i}")(level_out.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-                outputs[FEATURE_NAMES[i]] = level_out.contiguous()
+                outputs[FEATURE_NAMES[i]] = self._output_norm(i, level_out.permute(0, 2, 3, 1))
         return outputs
 
 

@@ -211,8 +211,7 @@ class SwinTransformer(MultiScaleBackbone):
                 attn_drop=attn_drop_rate,
             ))
         # Mask2Former's output norms exist for every level (its checkpoints carry all four).
-        for i in range(self.num_levels):
-            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._add_output_norms(range(self.num_levels), self.num_features)
         self._set_outputs(out_feature_indices(out_features, "MODEL.SWIN.OUT_FEATURES"), self.num_features)
         self.activation_checkpointing = use_checkpoint
 
@@ -225,7 +224,7 @@ class SwinTransformer(MultiScaleBackbone):
         outputs = {}
         for i, stage in enumerate(self.layers):
             x, stage_out = stage(x)
-            outputs[FEATURE_NAMES[i]] = getattr(self, f"norm{i}")(stage_out).permute(0, 3, 1, 2).contiguous()
+            outputs[FEATURE_NAMES[i]] = self._output_norm(i, stage_out)
         return outputs
 
 
