@@ -354,7 +354,6 @@ def test_d2_backbone_from_a_variant_and_with_its_layout_replaced():
 
 @pytest.mark.parametrize("keys,message", [
     (dict(VARIANT="coatnet_9"), "MODEL.COATNET.VARIANT: unknown CoAtNet variant 'coatnet_9'"),
-    (dict(OUT_FEATURES=["res6"]), r"OUT_FEATURES has unknown names \['res6'\]"),
     (dict(ATTN_WINDOW=-1), "attn_window must be 0"),
     (dict(DIM_HEAD=20), "attention width 192 is not a multiple of dim_head 20"),
 ])

@@ -156,17 +156,6 @@ def test_des_split_follows_the_reference(dim, expected):
     assert des_split(dim) == expected
 
 
-def test_checkpointed_blocks_give_the_same_gradients():
-    image = torch.randn(1, 3, 32, 64)
-    grads = []
-    for with_cp in (False, True):
-        torch.manual_seed(0)
-        model = from_reference_config(dict(TINY, with_cp=with_cp)).train()
-        model(image)["res2"].sum().backward()
-        grads.append(model.features[1].branches[0][0].attn.to_qkv.weight.grad)
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
-
-
 def _cfg(**keys):
     cfg = get_project_cfg()
     cfg.MODEL.BACKBONE.NAME = "D2HRViT"

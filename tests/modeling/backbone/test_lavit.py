@@ -288,7 +288,6 @@ def test_variants(name, params):
     ({"va_depths": (1, 3, 1, 1)}, r"VA_DEPTHS\[1\] = 3"),
     ({"window_size": 7}, r"WINDOW_SIZE 7 does not fit the attention residual"),
     ({"num_heads": (3, 2, 2, 4)}, r"stage 0 has 16 channels, not divisible by NUM_HEADS\[0\] = 3"),
-    ({"out_features": ["res6"]}, r"OUT_FEATURES has unknown names \['res6'\]"),
 ])
 def test_bad_arguments_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):

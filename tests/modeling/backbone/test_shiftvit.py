@@ -119,7 +119,6 @@ def test_batch_norm_option_and_out_features():
     ("DEPTHS", [2, 2, -1, 2], r"MODEL.SHIFTVIT.DEPTHS level 2 must be a block count >= 0, got -1"),
     ("NORM", "LN", r"MODEL.SHIFTVIT.NORM 'LN' is unknown; known: \['BN', 'GN1'\]"),
     ("N_DIV", 3, r"MODEL.SHIFTVIT.N_DIV must be >= 4"),
-    ("OUT_FEATURES", ["res6"], r"MODEL.SHIFTVIT.OUT_FEATURES has unknown names \['res6'\]"),
 ])
 def test_bad_config_values_name_the_key(key, value, message):
     cfg = _small_cfg()
