@@ -1,7 +1,7 @@
 """The generic timm backbone: feature_info mapped to res2..res5 by stride for a few timm families, the clear
 error for a model without stride-4..32 features, local pretrained weights (round trip, wrappers, safe
 reading, mismatches named) and the project importing without timm. Training the synthetic config:
-tests/e2e/test_train_lavit_timm.py."""
+tests/e2e/test_train_backbones.py."""
 import os
 import pickle
 import subprocess
