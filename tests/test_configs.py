@@ -41,6 +41,41 @@ def build_on_meta(cfg):
         return build_model(cfg)
 
 
+# Keys in which a config for another backbone differs from the DiNAT-L one of its dataset and task.
+BACKBONE_KEYS = ("MODEL.BACKBONE.NAME", "MODEL.DINAT", "MODEL.SHIFTVIT", "MODEL.WEIGHTS", "OUTPUT_DIR")
+
+
+def without_backbone(cfg) -> dict:
+    """Every key of `cfg` outside BACKBONE_KEYS, flat."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            elif not name.startswith(BACKBONE_KEYS):
+                flat[name] = value
+
+    walk(cfg, "")
+    return flat
+
+
+def load_backbone_config(name: str, backbone: str):
+    """configs/`name`: plain YAML without unknown keys, the recipe of its folder's dinat_l.yaml (classes,
+    queries, decoder layers, schedule, mapper) with `backbone` instead of D2DiNAT."""
+    path = CONFIGS / name
+    assert "!!python" not in path.read_text() and isinstance(yaml.safe_load(path.read_text()), dict)
+    cfg = load_project_config(str(path))  # raises on an unknown key
+    recipe = load_project_config(str(path.parent / "dinat_l.yaml"))
+    for key in ("SEM_SEG_HEAD.NUM_CLASSES", "MASK_FORMER.NUM_OBJECT_QUERIES", "MASK_FORMER.DEC_LAYERS"):
+        group, leaf = key.split(".")
+        assert cfg.MODEL[group][leaf] == recipe.MODEL[group][leaf], key
+    assert cfg.SOLVER.MAX_ITER == recipe.SOLVER.MAX_ITER and cfg.INPUT.DATASET_MAPPER_NAME == recipe.INPUT.DATASET_MAPPER_NAME
+    assert cfg.MODEL.BACKBONE.NAME == backbone
+    return cfg
+
+
 def test_all_nine_configs_exist():
     found = sorted(str(p.parent.relative_to(CONFIGS)) for p in CONFIGS.glob("*/*/dinat_l.yaml"))
     assert found == sorted(TABLE)

@@ -1,10 +1,16 @@
 """DiNAT/NAT backbone: fixture features, bfloat16 autocast, variants, dilation rules, layer scale, reference configs,
-config errors, frozen stages, padding."""
+config errors, frozen stages, padding; the NAT and DiNAT-T/S/B Mask2Former configs (ADE20K semantic, COCO
+panoptic) and the synthetic nat_mini: plain YAML, only the backbone differs from the DiNAT-L (or dinat_mini)
+config, and the models they build (meta device) have the variants' parameter counts."""
 import pytest
 import torch
+import yaml
 from detectron2.modeling import build_backbone
+from project_paths import CONFIGS
+from test_configs import build_on_meta, without_backbone
 
 from dinat_m2f import get_project_cfg
+from dinat_m2f.config import load_project_config
 from dinat_m2f.modeling.backbone.dinat import (
     VARIANTS,
     build_variant,
@@ -228,3 +234,57 @@ def test_small_images_are_padded_not_rejected():
     assert features["res5"].shape == (2, 128, 2, 3)
     features["res5"].sum().backward()
     assert backbone.levels[0].blocks[0].attn.rpb.grad is not None
+
+
+CONFIG_TASKS = ["ade20k/semantic", "coco/panoptic"]
+CONFIG_VARIANTS = {"nat_t": "nat_tiny", "nat_s": "nat_small", "nat_b": "nat_base",
+                   "dinat_t": "dinat_tiny", "dinat_s": "dinat_small", "dinat_b": "dinat_base"}
+# Whole-model parameter counts (tools/analyze_model.py; docs/BACKBONES.md).
+TOTAL_PARAMETERS = {
+    "ade20k/semantic": {"nat_t": 47_185_533, "nat_s": 69_894_576, "nat_b": 108_788_259, "dinat_t": 47_185_533,
+                        "dinat_s": 69_894_576, "dinat_b": 108_788_259},
+    "coco/panoptic": {"nat_t": 47_232_364, "nat_s": 69_941_407, "nat_b": 108_835_090, "dinat_t": 47_232_364,
+                      "dinat_s": 69_941_407, "dinat_b": 108_835_090},
+}
+
+
+def test_every_task_has_every_variant_config_as_plain_yaml():
+    for task in CONFIG_TASKS:
+        found = sorted(p.stem for p in (CONFIGS / task).glob("*.yaml") if p.stem in CONFIG_VARIANTS)
+        assert found == sorted(CONFIG_VARIANTS), task
+        for name in CONFIG_VARIANTS:
+            text = (CONFIGS / task / f"{name}.yaml").read_text()
+            assert "!!python" not in text and isinstance(yaml.safe_load(text), dict)
+
+
+@pytest.mark.parametrize("task", CONFIG_TASKS)
+@pytest.mark.parametrize("name", sorted(CONFIG_VARIANTS))
+def test_config_changes_only_the_backbone_and_builds_with_the_variants_count(task, name):
+    variant = CONFIG_VARIANTS[name]
+    cfg = load_project_config(str(CONFIGS / task / f"{name}.yaml"))  # raises on an unknown key
+    assert without_backbone(cfg) == without_backbone(load_project_config(str(CONFIGS / task / "dinat_l.yaml")))
+    assert cfg.MODEL.WEIGHTS.endswith(".pkl") and variant.split("_")[-1] in cfg.MODEL.WEIGHTS
+    reference, d = VARIANTS[variant], cfg.MODEL.DINAT
+    assert cfg.MODEL.BACKBONE.NAME == "D2DiNAT" and d.KERNEL_SIZE == 7
+    assert (d.EMBED_DIM, d.DEPTHS, d.NUM_HEADS, d.MLP_RATIO) == (
+        reference["embed_dim"], reference["depths"], reference["num_heads"], reference["mlp_ratio"])
+    assert d.LAYER_SCALE == reference.get("layer_scale")
+    assert d.DILATIONS == (None if name.startswith("nat") else gradual_dilations(d.DEPTHS, 7, 640))
+
+    model = build_on_meta(cfg)
+    with torch.device("meta"):
+        assert sum(p.numel() for p in model.backbone.parameters()) == sum(
+            p.numel() for p in build_variant(variant).parameters())
+    assert sum(p.numel() for p in model.parameters()) == TOTAL_PARAMETERS[task][name]
+    if name.endswith(("_s", "_b")):
+        assert model.backbone.levels[2].blocks[17].gamma2.shape == (4 * d.EMBED_DIM,)
+
+
+def test_synthetic_nat_config_changes_only_the_backbone():
+    synthetic = CONFIGS / "synthetic" / "panoptic"
+    cfg = load_project_config(str(synthetic / "nat_mini.yaml"))
+    assert without_backbone(cfg) == without_backbone(load_project_config(str(synthetic / "dinat_mini.yaml")))
+    assert cfg.OUTPUT_DIR == "./output/synthetic/panoptic/nat_mini"
+    assert cfg.MODEL.DINAT.DILATIONS is None
+    model = build_on_meta(cfg)
+    assert sum(p.numel() for p in model.backbone.parameters()) == 1_229_699  # dinat_mini's backbone: 1.23M

@@ -1,16 +1,20 @@
 """HRViT backbone: the reference fixture, the released variants' names and sizes, any input size (520x520,
-800x1333), the stripe padding and the fusion crop against formulas written out, norms, config keys."""
+800x1333), the stripe padding and the fusion crop against formulas written out, norms, config keys, and the
+HRViT-b3 Mask2Former configs (the DiNAT-L recipe with the backbone swapped, built on the meta device)."""
 import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_backbone
-from project_paths import FIXTURES
+from project_paths import CONFIGS, FIXTURES
+from test_configs import build_on_meta
 
 from dinat_m2f import get_project_cfg
+from dinat_m2f.config import load_project_config
 from dinat_m2f.layers import DropPath
 from dinat_m2f.modeling.backbone.hrvit import (
     VARIANTS, HRViTFusion, build_variant, des_split, from_reference_config, half_heads, stripe_attention,
@@ -195,3 +199,33 @@ def test_d2_backbone_runs_a_tiny_layout_and_selects_out_features():
     assert set(backbone.output_shape()) == {"res3", "res5"}
     with pytest.raises(ValueError, match="takes \\(N, C, H, W\\)"):
         backbone(torch.randn(3, 96, 64))
+
+
+# The Mask2Former configs: (classes, queries, parameters of the whole model)
+CONFIG_TABLE = {
+    "ade20k/semantic": (150, 100, 45_304_015),
+    "coco/panoptic": (133, 200, 45_350_846),
+}
+HRVIT_B3_PARAMETERS = 25_507_960  # backbone_manifests.json: hrvit_b3 params_backbone
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_TABLE))
+def test_hrvit_b3_config_merges_and_builds_with_the_expected_size(name):
+    path = CONFIGS / name / "hrvit_b3.yaml"
+    assert "!!python" not in path.read_text() and isinstance(yaml.safe_load(path.read_text()), dict)
+    cfg = load_project_config(str(path))  # raises on an unknown key
+    reference = load_project_config(str(CONFIGS / name / "dinat_l.yaml"))
+    classes, queries, parameters = CONFIG_TABLE[name]
+    assert cfg.MODEL.BACKBONE.NAME == "D2HRViT" and cfg.MODEL.HRVIT.VARIANT == "hrvit_b3"
+    assert cfg.MODEL.HRVIT.NORM == "SyncBN" and cfg.MODEL.WEIGHTS == ""
+    # everything but the backbone is the DiNAT-L recipe
+    for key in ("SOLVER", "INPUT", "DATASETS", "TEST"):
+        assert cfg[key] == reference[key], key
+    assert cfg.MODEL.SEM_SEG_HEAD == reference.MODEL.SEM_SEG_HEAD
+    assert cfg.MODEL.MASK_FORMER == reference.MODEL.MASK_FORMER
+
+    model = build_on_meta(cfg)
+    assert sum(p.numel() for p in model.backbone.parameters()) == HRVIT_B3_PARAMETERS
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert model.sem_seg_head.predictor.class_embed.out_features == classes + 1
+    assert model.sem_seg_head.predictor.query_feat.num_embeddings == queries

@@ -1,6 +1,6 @@
 """LaViT: each of the paper's parts against its formula written out on small tensors (VA scores, the LA
 transform, the attention residual, the diagonality-preserving loss), gradients, any input size, the global
-form, the loss in Mask2Former's loss dict, config errors and the variants."""
+form, the loss in Mask2Former's loss dict, config errors, the variants and the LaViT-T Mask2Former configs."""
 import math
 
 import pytest
@@ -16,6 +16,7 @@ from dinat_m2f.modeling.backbone.lavit import (
     diagonality_preserving_loss, from_reference_config, window_grid,
 )
 from project_paths import CONFIGS
+from test_configs import build_on_meta, load_backbone_config
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), va_depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), drop_path_rate=0.0)
 
@@ -297,3 +298,14 @@ def test_bad_arguments_are_named(overrides, message):
 def test_unknown_variant_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown LaViT variant 'lavit_huge'; known: \['lavit_base'"):
         build_variant("lavit_huge")
+
+
+@pytest.mark.parametrize("name", ["ade20k/semantic/lavit_t.yaml", "coco/panoptic/lavit_t.yaml"])
+def test_mask2former_config_builds_with_the_expected_parameter_counts(name):
+    cfg = load_backbone_config(name, "D2LaViT")
+    assert cfg.MODEL.WEIGHTS == ""
+    model = build_on_meta(cfg)
+    assert sum(p.numel() for p in model.backbone.parameters()) == 25_097_555
+    total = {"ade20k/semantic/lavit_t.yaml": 45_016_490, "coco/panoptic/lavit_t.yaml": 45_063_321}[name]
+    assert sum(p.numel() for p in model.parameters()) == total
+    assert {k: v.stride for k, v in model.backbone.output_shape().items()} == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}

@@ -1,15 +1,20 @@
 """ShiftViT backbone: the SPACH reference fixture, the registry variants' names and sizes, the shift, padding
-of any input size, config errors."""
+of any input size, config errors; the Shift-T/S Mask2Former configs (ADE20K semantic, COCO panoptic) and the
+synthetic shiftvit_mini: plain YAML, only the backbone differs from the DiNAT-L (or dinat_mini) config, and the
+models they build (meta device) have the variants' parameter counts."""
 import json
 
 import pytest
 import torch
+import yaml
 from detectron2.modeling import build_backbone
 
 from conftest import load_fixture
 from dinat_m2f import get_project_cfg
+from dinat_m2f.config import load_project_config
 from dinat_m2f.modeling.backbone.shiftvit import VARIANTS, build_variant, from_reference_config, shift_channels
-from project_paths import FIXTURES
+from project_paths import CONFIGS, FIXTURES
+from test_configs import build_on_meta, without_backbone
 
 MANIFEST_VARIANTS = ["shiftvit_light_tiny", "shiftvit_r2_tiny", "shiftvit_r2_small", "shiftvit_r2_base"]
 
@@ -135,3 +140,38 @@ def test_bad_reference_config_and_unknown_variant():
         from_reference_config({"window_size": 7})
     with pytest.raises(ValueError, match=r"ShiftViT patch_size=8 is not supported \(only the reference's 4\)"):
         from_reference_config({"patch_size": 8})
+
+
+CONFIG_TASKS = ["ade20k/semantic", "coco/panoptic"]
+CONFIG_VARIANTS = {"shiftvit_t": "shiftvit_r2_tiny", "shiftvit_s": "shiftvit_r2_small"}
+# Whole-model parameter counts (tools/analyze_model.py; docs/BACKBONES.md).
+TOTAL_PARAMETERS = {"ade20k/semantic": {"shiftvit_t": 47_717_943, "shiftvit_s": 69_455_415},
+                    "coco/panoptic": {"shiftvit_t": 47_764_774, "shiftvit_s": 69_502_246}}
+
+
+@pytest.mark.parametrize("task", CONFIG_TASKS)
+@pytest.mark.parametrize("name", sorted(CONFIG_VARIANTS))
+def test_config_changes_only_the_backbone_and_builds_with_the_variants_count(manifests, task, name):
+    variant = CONFIG_VARIANTS[name]
+    path = CONFIGS / task / f"{name}.yaml"
+    assert "!!python" not in path.read_text() and isinstance(yaml.safe_load(path.read_text()), dict)
+    cfg = load_project_config(str(path))  # raises on an unknown key
+    assert without_backbone(cfg) == without_backbone(load_project_config(str(CONFIGS / task / "dinat_l.yaml")))
+    assert cfg.MODEL.WEIGHTS.endswith(".pkl") and variant.split("_")[-1] in cfg.MODEL.WEIGHTS
+    reference, s = VARIANTS[variant], cfg.MODEL.SHIFTVIT
+    assert cfg.MODEL.BACKBONE.NAME == "D2ShiftViT" and s.NORM == "GN1"
+    assert (s.EMBED_DIM, s.DEPTHS, s.MLP_RATIO, s.N_DIV) == (
+        reference["embed_dim"], reference["depths"], reference["mlp_ratio"], reference["n_div"])
+
+    model = build_on_meta(cfg)
+    assert sum(p.numel() for p in model.backbone.parameters()) == manifests[variant]["params_backbone_with_added"]
+    assert sum(p.numel() for p in model.parameters()) == TOTAL_PARAMETERS[task][name]
+
+
+def test_synthetic_shiftvit_config_changes_only_the_backbone():
+    synthetic = CONFIGS / "synthetic" / "panoptic"
+    cfg = load_project_config(str(synthetic / "shiftvit_mini.yaml"))
+    assert without_backbone(cfg) == without_backbone(load_project_config(str(synthetic / "dinat_mini.yaml")))
+    assert cfg.OUTPUT_DIR == "./output/synthetic/panoptic/shiftvit_mini"
+    backbone = sum(p.numel() for p in build_on_meta(cfg).backbone.parameters())
+    assert 0.8e6 < backbone < 1.3e6  # dinat_mini's backbone: 1.23M

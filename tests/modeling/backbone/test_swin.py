@@ -1,5 +1,7 @@
 """Swin backbone (Mask2Former's D2SwinTransformer): the reference fixture, any input size, bfloat16, the
-released variants' names and counts (manifest), Mask2Former's released checkpoint format, config errors."""
+released variants' names and counts (manifest), Mask2Former's released checkpoint format, config errors, and
+the eighteen Swin-L / Swin-T Mask2Former configs (plain YAML, Mask2Former's recipes, the models they build on
+the meta device with the expected parameter counts)."""
 import json
 import pickle
 
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from detectron2.modeling import build_backbone, build_model
 
 import dinat_m2f  # noqa: F401  (registers the model and the datasets the configs name)
@@ -19,6 +22,7 @@ from dinat_m2f.modeling.backbone.swin import (
 from conftest import load_fixture
 from log_capture import RecordLogs
 from project_paths import CONFIGS, FIXTURES
+from test_configs import build_on_meta
 
 TOLERANCE = 1e-4  # fixtures/README.md: max abs error per feature map
 
@@ -301,3 +305,87 @@ def test_released_swin_l_checkpoint_names_and_shapes_match_the_model(manifests):
     assert {k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in backbone.items()} == {
         k: (list(shape), dtype) for k, (shape, dtype) in expected.items()}
     assert sum(p.numel() for p in model.backbone.parameters()) == manifest["params_backbone"]
+
+
+# The Mask2Former configs.
+TASKS = ["coco/panoptic", "coco/instance", "coco/semantic", "ade20k/panoptic", "ade20k/instance",
+         "ade20k/semantic", "cityscapes/panoptic", "cityscapes/instance", "cityscapes/semantic"]
+# config: (manifest key, EMBED_DIM, DEPTHS, NUM_HEADS, WINDOW_SIZE, PRETRAIN_IMG_SIZE, ImageNet weights)
+CONFIG_VARIANTS = {
+    "swin_l": ("swin_large_384", 192, [2, 2, 18, 2], [6, 12, 24, 48], 12, 384, "swin_large_patch4_window12_384_22k.pkl"),
+    "swin_t": ("swin_tiny", 96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 224, "swin_tiny_patch4_window7_224.pkl"),
+}
+# (config, task): (queries, MAX_ITER, training crop or LSJ size, parameters)
+CONFIG_TABLE = {
+    ("swin_l", "coco/panoptic"): (200, 737500, 1024, 215_535_610),
+    ("swin_l", "coco/instance"): (200, 737500, 1024, 215_521_989),
+    ("swin_l", "coco/semantic"): (100, 737500, 640, 215_484_410),
+    ("swin_l", "ade20k/panoptic"): (200, 160000, 640, 215_539_979),
+    ("swin_l", "ade20k/instance"): (200, 160000, 640, 215_527_129),
+    ("swin_l", "ade20k/semantic"): (100, 160000, 640, 215_488_779),
+    ("swin_l", "cityscapes/panoptic"): (200, 90000, 512, 215_506_312),
+    ("swin_l", "cityscapes/instance"): (200, 90000, 512, 215_503_485),
+    ("swin_l", "cityscapes/semantic"): (100, 90000, 512, 215_455_112),
+    ("swin_t", "coco/panoptic"): (100, 368750, 1024, 47_435_264),
+    ("swin_t", "coco/instance"): (100, 368750, 1024, 47_421_643),
+    ("swin_t", "coco/semantic"): (100, 368750, 640, 47_435_264),
+    ("swin_t", "ade20k/panoptic"): (100, 160000, 640, 47_439_633),
+    ("swin_t", "ade20k/instance"): (100, 160000, 640, 47_426_783),
+    ("swin_t", "ade20k/semantic"): (100, 160000, 512, 47_439_633),
+    ("swin_t", "cityscapes/panoptic"): (100, 90000, 512, 47_405_966),
+    ("swin_t", "cityscapes/instance"): (100, 90000, 512, 47_403_139),
+    ("swin_t", "cityscapes/semantic"): (100, 90000, 512, 47_405_966),
+}
+
+
+def head_parameters(model) -> int:
+    return sum(p.numel() for p in model.sem_seg_head.parameters())
+
+
+def test_eighteen_configs_exist_as_plain_yaml():
+    found = sorted((str(p.parent.relative_to(CONFIGS)), p.stem) for p in CONFIGS.glob("*/*/swin_[lt].yaml"))
+    assert found == sorted((task, variant) for variant, task in CONFIG_TABLE)
+    assert sorted({task for task, _ in found}) == sorted(TASKS)
+    for task, variant in found:
+        text = (CONFIGS / task / f"{variant}.yaml").read_text()
+        assert "!!python" not in text
+        assert isinstance(yaml.safe_load(text), dict)
+
+
+@pytest.mark.parametrize("variant,task", sorted(CONFIG_TABLE))
+def test_config_follows_the_recipe_and_builds_with_the_expected_count(variant, task):
+    manifest_key, embed_dim, depths, num_heads, window, pretrain, weights = CONFIG_VARIANTS[variant]
+    queries, max_iter, crop, parameters = CONFIG_TABLE[(variant, task)]
+    cfg = _swin_config(task, variant, "cpu")  # raises on an unknown key
+    swin = cfg.MODEL.SWIN
+    assert cfg.MODEL.BACKBONE.NAME == "D2SwinTransformer"
+    assert (swin.EMBED_DIM, swin.DEPTHS, swin.NUM_HEADS) == (embed_dim, depths, num_heads)
+    assert (swin.WINDOW_SIZE, swin.PRETRAIN_IMG_SIZE, swin.DROP_PATH_RATE) == (window, pretrain, 0.3)
+    assert not swin.APE and swin.PATCH_NORM
+    assert cfg.MODEL.WEIGHTS == weights
+    assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == queries
+    assert cfg.SOLVER.MAX_ITER == max_iter
+    assert (cfg.INPUT.IMAGE_SIZE if cfg.INPUT.DATASET_MAPPER_NAME.endswith("_lsj") else cfg.INPUT.CROP.SIZE[0]) == crop
+    # the dinat_l config of the same dataset and task fixes everything that is not the backbone's recipe
+    dinat = _swin_config(task, "dinat_l", "cpu")
+    assert cfg.DATASETS.TRAIN == dinat.DATASETS.TRAIN and cfg.DATASETS.TEST == dinat.DATASETS.TEST
+    assert cfg.INPUT.DATASET_MAPPER_NAME == dinat.INPUT.DATASET_MAPPER_NAME
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == dinat.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    assert cfg.MODEL.MASK_FORMER.TEST == dinat.MODEL.MASK_FORMER.TEST
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == dinat.SOLVER.LR_SCHEDULER_NAME
+
+    model = build_on_meta(cfg)
+    backbone_parameters = sum(p.numel() for p in model.backbone.parameters())
+    manifest = json.loads((FIXTURES / "backbone_manifests.json").read_text())[manifest_key]
+    assert backbone_parameters == manifest["params_backbone"]
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    if variant == "swin_l":  # same channels and queries as DiNAT-L: the same head
+        assert head_parameters(model) == head_parameters(build_on_meta(dinat))
+
+
+def test_swin_t_ade20k_semantic_trains_and_tests_at_512():
+    """Mask2Former's Swin-T ADE20K semantic recipe is its 512 one (Swin-L's is 640)."""
+    ade = _swin_config("ade20k/semantic", "swin_t", "cpu")
+    assert (ade.INPUT.MIN_SIZE_TRAIN[0], ade.INPUT.MIN_SIZE_TRAIN[-1], ade.INPUT.MIN_SIZE_TEST) == (256, 1024, 512)
+    assert tuple(ade.TEST.AUG.MIN_SIZES) == (256, 384, 512, 640, 768, 896) and ade.TEST.AUG.MAX_SIZE == 3584
+    assert tuple(_swin_config("ade20k/semantic", "swin_l", "cpu").TEST.AUG.MIN_SIZES) == (320, 480, 640, 800, 960, 1120)

@@ -1,6 +1,6 @@
 """The generic timm backbone: feature_info mapped to res2..res5 by stride for a few timm families, the clear
 error for a model without stride-4..32 features, local pretrained weights (round trip, wrappers, safe
-reading, mismatches named) and the project importing without timm. Training the synthetic config:
+reading, mismatches named), the project importing without timm and the ConvNeXt-L Mask2Former configs. Training the synthetic config:
 tests/e2e/test_train_backbones.py."""
 import os
 import pickle
@@ -15,6 +15,7 @@ from detectron2.modeling import build_backbone
 from dinat_m2f.config import get_project_cfg
 from dinat_m2f.modeling.backbone.timm_backbone import D2TimmBackbone
 from project_paths import REPO
+from test_configs import build_on_meta, load_backbone_config
 
 
 def _timm_cfg(name: str, **keys):
@@ -167,3 +168,24 @@ def test_project_imports_and_builds_other_backbones_without_timm():
     assert "ImportError: MODEL.BACKBONE.NAME D2TimmBackbone needs timm" in result.stdout
     assert "pip install .[timm]" in result.stdout
 
+
+
+# timm's convnext_large has 197,767,336 parameters; the classifier head (1,540,072) is not built.
+@pytest.mark.parametrize("name,total", [("ade20k/semantic/convnext_l.yaml", 216_514_839),
+                                        ("coco/panoptic/convnext_l.yaml", 216_561_670)])
+def test_mask2former_config_builds_with_the_expected_parameter_counts(name, total):
+    cfg = load_backbone_config(name, "D2TimmBackbone")
+    assert cfg.MODEL.WEIGHTS == ""
+    assert cfg.MODEL.TIMM.NAME == "convnext_large" and cfg.MODEL.TIMM.PRETRAINED_PATH.endswith(".safetensors")
+    cfg.MODEL.TIMM.PRETRAINED_PATH = ""  # the ImageNet file is not here; the shapes do not depend on it
+    model = build_on_meta(cfg)
+    assert sum(p.numel() for p in model.backbone.parameters()) == 196_227_264
+    assert sum(p.numel() for p in model.parameters()) == total
+    assert {k: v.stride for k, v in model.backbone.output_shape().items()} == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
+def test_missing_timm_weights_file_says_what_to_do():
+    cfg = load_backbone_config("coco/panoptic/convnext_l.yaml", "D2TimmBackbone")
+    with pytest.raises(FileNotFoundError, match=r"PRETRAINED_PATH convnext_large_fb_in22k.safetensors does not "
+                                                r"exist.*or set it to '' for random weights"):
+        build_on_meta(cfg)
