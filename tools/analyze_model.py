@@ -32,12 +32,12 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dinat_m2f  # noqa: E402  (registers the model)
 import dinat_m2f.data  # noqa: E402,F401  (registers the datasets the configs name)
 from dinat_m2f.config import load_project_config  # noqa: E402
+from dinat_m2f.export import MaskFormerNetwork  # noqa: E402
 from dinat_m2f.layers.neighborhood_attention import module as na_module  # noqa: E402
 
 logger = logging.getLogger("analyze_model")
@@ -105,19 +105,6 @@ def sdpa_flop_handle(inputs: List, outputs: List) -> int:
     return 2 * math.prod(batch) * num_queries * num_keys * head_dim
 
 
-class BackboneAndHead(nn.Module):
-    """The network part of MaskFormer: normalized image -> (pred_logits, pred_masks)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.backbone = model.backbone
-        self.sem_seg_head = model.sem_seg_head
-
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.sem_seg_head(self.backbone(images))
-        return outputs["pred_logits"], outputs["pred_masks"]
-
-
 def load_cfg(config_file: str, opts: List[str]) -> CfgNode:
     return load_project_config(config_file, opts)
 
@@ -144,7 +131,7 @@ def count_flops(cfg: CfgNode, height: int, width: int) -> Tuple[int, Counter]:
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     model = build_model(cfg).eval()
-    network = BackboneAndHead(model).eval()
+    network = MaskFormerNetwork(model).eval()
     images = torch.randn(1, 3, height, width)
     with torch.no_grad(), neighborhood_attention_as_one_op():
         analysis = FlopCountAnalysis(network, (images,))

@@ -400,13 +400,6 @@ class MaskFormerPostProcessor:
         infer(list(inferences.values()), masks)
         return {name: inference.result() for name, inference in inferences.items()}
 
-    @staticmethod
-    def semantic_inference(mask_cls: torch.Tensor, masks: Masks) -> torch.Tensor:
-        """(Q, K+1) logits and (Q, H, W) mask logits -> (K, H, W) class scores."""
-        semantic = SemanticScores(mask_cls)
-        infer([semantic], QueryMasks.of(masks))
-        return semantic.result()
-
     def is_thing(self, contiguous_id: int) -> bool:
         return contiguous_id in self.metadata.thing_dataset_id_to_contiguous_id.values()
 
