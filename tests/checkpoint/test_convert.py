@@ -1,24 +1,160 @@
-"""tools/convert-pretrained-model-to-d2.py --arch nat|dinat|swin|shiftvit on checkpoints generated in each
-reference's layout: NAT a plain state_dict, Swin (microsoft/Swin-Transformer) and ShiftViT (SPACH)
-{"model": state_dict}, each with its classifier head, final norm and (Swin) attn_mask buffers."""
+"""Converting released ImageNet checkpoints (dinat_m2f.checkpoint.convert and its command line,
+tools/convert-pretrained-model-to-d2.py) for every --arch, on checkpoints generated in each reference's layout:
+NAT/DiNAT plain state_dicts, Swin (microsoft/Swin-Transformer) and ShiftViT (SPACH) {"model": state_dict}, each
+with its classifier head, final norm and (Swin) attn_mask buffers, and CoAtNet written by timm itself; the
+converted files load into the backbones with only the output norms missing and reproduce the references."""
 import json
 import logging
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+from safetensors.torch import save_file
 from torch import nn
 
 from conftest import load_fixture
 from dinat_m2f.checkpoint import SafeDetectionCheckpointer, read_safetensors_file
+from dinat_m2f.checkpoint.convert import ARCHS, convert
+from dinat_m2f.config import get_project_cfg
 from dinat_m2f.modeling.backbone import dinat, shiftvit, swin
+from dinat_m2f.modeling.backbone.coatnet import VARIANTS as COATNET_VARIANTS, D2CoAtNet
+from dinat_m2f.modeling.backbone.dinat import D2DiNAT, DiNAT
 from log_capture import RecordLogs
 from project_paths import FIXTURES, REPO, import_script
 
-tool = import_script(REPO / "tools" / "convert-pretrained-model-to-d2.py", "convert_backbones")
+tool = import_script(REPO / "tools" / "convert-pretrained-model-to-d2.py", "convert_pretrained_model_to_d2")
 
 OUTPUT_NORM_KEYS = [f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+
+
+def test_archs_table_names_every_layout():
+    assert sorted(ARCHS) == ["coatnet", "dinat", "nat", "shiftvit", "swin"]
+    assert {arch.backbone for arch in ARCHS.values()} == {"D2DiNAT", "D2SwinTransformer", "D2ShiftViT", "D2CoAtNet"}
+
+
+# NAT / DiNAT: the published ImageNet DiNAT format
+# A small DiNAT: the same module structure (and key names) as the published ones.
+EMBED_DIM, DEPTHS, HEADS = 16, [1, 1, 2, 1], [1, 2, 2, 4]
+DILATIONS = [[1], [1], [1, 2], [1]]
+NUM_IMAGENET_CLASSES = 10
+
+
+def imagenet_state_dict(kernel_size: int = 7) -> dict:
+    """What an ImageNet DiNAT classifier checkpoint holds: the backbone's keys without the per-level
+    output norms (norm0..norm3), plus the classifier's final `norm` and `head`."""
+    torch.manual_seed(0)
+    backbone = DiNAT(embed_dim=EMBED_DIM, depths=DEPTHS, num_heads=HEADS, kernel_size=kernel_size,
+                     dilations=DILATIONS, drop_path_rate=0.0)
+    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith(("norm0", "norm1", "norm2", "norm3"))}
+    width = EMBED_DIM * 8
+    state.update({"norm.weight": torch.rand(width), "norm.bias": torch.rand(width),
+                  "head.weight": torch.randn(NUM_IMAGENET_CLASSES, width),
+                  "head.bias": torch.randn(NUM_IMAGENET_CLASSES)})
+    return state
+
+
+class WithDiNAT(nn.Module):
+    """Holds D2DiNAT under `backbone.`, as the MaskFormer meta-architecture does."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        cfg = get_project_cfg()
+        cfg.MODEL.DINAT.EMBED_DIM, cfg.MODEL.DINAT.DEPTHS, cfg.MODEL.DINAT.NUM_HEADS = EMBED_DIM, DEPTHS, HEADS
+        cfg.MODEL.DINAT.KERNEL_SIZE, cfg.MODEL.DINAT.DILATIONS = kernel_size, DILATIONS
+        cfg.MODEL.DINAT.DROP_PATH_RATE = 0.0
+        self.backbone = D2DiNAT(cfg, ShapeSpec(channels=3))
+
+
+def load_into_backbone(weights: Path, kernel_size: int):
+    model = WithDiNAT(kernel_size)
+    initial_norms = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("backbone.norm")}
+    checkpointer = SafeDetectionCheckpointer(model)
+    with RecordLogs(checkpointer.logger) as logs:
+        checkpointer.load(str(weights))
+    return model, initial_norms, "\n".join(logs.messages)
+
+
+@pytest.mark.parametrize("wrapper,out_suffix", [("model", ".pkl"), ("state_dict", ".pth"), (None, ".safetensors")])
+def test_converted_weights_load_with_only_the_output_norms_missing(tmp_path, caplog, wrapper, out_suffix):
+    state = imagenet_state_dict()
+    source = tmp_path / "dinat_small_in1k.pth"
+    torch.save(state if wrapper is None else {wrapper: state, "epoch": 300}, source)
+    target = tmp_path / f"dinat_small_d2{out_suffix}"
+
+    with caplog.at_level(logging.INFO, logger=tool.logger.name):
+        tool.main(["--arch", "dinat", str(source), str(target)])
+    report = caplog.text
+    assert "head.weight" in report and "norm.weight" in report  # dropped
+    assert "norm0, norm1, norm2, norm3" in report  # initialized by the backbone
+
+    model, initial_norms, load_log = load_into_backbone(target, kernel_size=7)
+    loaded = model.state_dict()
+    for key, value in state.items():
+        if key.startswith(("head.", "norm.")):
+            continue
+        assert torch.equal(loaded["backbone." + key], value), key
+    for key, value in initial_norms.items():
+        assert torch.equal(loaded[key], value), key
+    missing = load_log.split("not found in the checkpoint:\n")[1]
+    assert missing.splitlines() == [f"backbone.norm{i}.{{bias, weight}}" for i in range(4)]
+    assert "not used by the model" not in load_log
+    assert "incompatible shapes" not in load_log
+
+
+def test_pkl_output_is_detectron2_style(tmp_path):
+    source = tmp_path / "in.pth"
+    torch.save({"model": imagenet_state_dict()}, source)
+    tool.main(["--arch", "dinat", str(source), str(tmp_path / "out.pkl"), "--kernel-size", "11"])
+    with open(tmp_path / "out.pkl", "rb") as f:
+        data = pickle.load(f)
+    assert set(data) == {"model", "__author__", "matching_heuristics"} and data["matching_heuristics"] is True
+    assert all(k.startswith("backbone.") for k in data["model"])
+    assert data["model"]["backbone.levels.0.blocks.0.attn.rpb"].shape == (HEADS[0], 21, 21)
+    assert type(data["model"]["backbone.patch_embed.proj.0.weight"]).__module__ == "numpy"
+
+
+def test_kernel_size_resizes_rpb_bicubically_and_loads_into_a_kernel_11_backbone(tmp_path):
+    state = imagenet_state_dict(kernel_size=7)
+    constant_key = "levels.2.blocks.1.attn.rpb"
+    state[constant_key] = torch.full_like(state[constant_key], 0.25)
+    source = tmp_path / "in.pth"
+    torch.save({"model": state}, source)
+    target = tmp_path / "out.pth"
+    tool.main(["--arch", "dinat", str(source), str(target), "--kernel-size", "11"])
+
+    model, _, load_log = load_into_backbone(target, kernel_size=11)
+    assert "incompatible shapes" not in load_log and "not used by the model" not in load_log
+    loaded = model.state_dict()
+    rpb_keys = [k for k in state if k.endswith(".rpb")]
+    assert len(rpb_keys) == sum(DEPTHS)
+    for key in rpb_keys:
+        expected = F.interpolate(state[key][None], size=(21, 21), mode="bicubic", align_corners=False)[0]
+        assert loaded["backbone." + key].shape == (state[key].shape[0], 21, 21)
+        torch.testing.assert_close(loaded["backbone." + key], expected, rtol=0, atol=0)
+    torch.testing.assert_close(loaded["backbone." + constant_key], torch.full((HEADS[2], 21, 21), 0.25))
+    # bicubic, not bilinear: the two differ on a random table
+    key = rpb_keys[0]
+    bilinear = F.interpolate(state[key][None], size=(21, 21), mode="bilinear", align_corners=False)[0]
+    assert not torch.allclose(loaded["backbone." + key], bilinear)
+    # everything but the rpb tables is copied unchanged
+    assert torch.equal(loaded["backbone.levels.1.blocks.0.attn.qkv.weight"], state["levels.1.blocks.0.attn.qkv.weight"])
+
+
+def test_same_kernel_size_keeps_rpb_unchanged():
+    state = imagenet_state_dict(kernel_size=7)
+    converted, report = convert(state, "dinat", kernel_size=7)
+    assert report["resized"] == []
+    assert torch.equal(converted["backbone.levels.0.blocks.0.attn.rpb"], state["levels.0.blocks.0.attn.rpb"])
+
+
+def test_not_a_dinat_checkpoint_is_rejected_with_the_file_name(tmp_path):
+    source = tmp_path / "resnet50.safetensors"
+    save_file({"conv1.weight": torch.zeros(4, 3, 7, 7), "fc.weight": torch.zeros(10, 4)}, str(source))
+    with pytest.raises(SystemExit, match="resnet50.safetensors.*conv1.weight"):
+        tool.main(["--arch", "dinat", str(source), str(tmp_path / "out.pkl")])
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +309,7 @@ def test_swin_official_checkpoint_converts_to_the_d2_names_and_shapes(manifests,
     expected_official = {k: v for k, v in d2_keys.items() if k not in manifest["not_in_official_checkpoint"]}
     assert {k: list(v.shape) for k, v in official.items()} == {**expected_official, **manifest["dropped"]}
 
-    converted, report = tool.convert(official, "swin")
+    converted, report = convert(official, "swin")
     assert sorted(report["dropped"]) == sorted(manifest["dropped"])
     assert {k.removeprefix("backbone."): list(v.shape) for k, v in converted.items()} == expected_official
     assert sorted(report["initialized_by_backbone"]) == sorted({k.split(".")[0] for k in manifest["not_in_official_checkpoint"]})
@@ -251,10 +387,10 @@ def test_wrong_architecture_and_wrong_options_are_named(tmp_path):
         tool.main(["--arch", "swin", str(nat), str(tmp_path / "out.pkl")])
     with pytest.raises(SystemExit, match="swin.pth: --kernel-size does not apply to --arch swin"):
         tool.main(["--arch", "swin", str(source), str(tmp_path / "out.pkl"), "--kernel-size", "11"])
-    with pytest.raises(SystemExit, match="unknown output format"):
-        tool.main(["--arch", "swin", str(source), str(tmp_path / "out.npz")])
-    with pytest.raises(ValueError, match=r"unknown --arch 'vit'; known: \['dinat', 'nat', 'shiftvit', 'swin'\]"):
-        tool.convert({}, "vit")
+    with pytest.raises(SystemExit, match="out.npz: unknown output format"):
+        tool.main(["--arch", "swin", str(tmp_path / "not_read.pth"), str(tmp_path / "out.npz")])
+    with pytest.raises(ValueError, match=r"unknown --arch 'vit'; known: \['coatnet', 'dinat', 'nat', 'shiftvit', 'swin'\]"):
+        convert({}, "vit")
 
 
 class _RunsCode:
@@ -278,3 +414,78 @@ def test_unsafe_or_broken_inputs_are_refused_naming_the_file_and_write_nothing(t
     with pytest.raises(SystemExit, match=rf"imagenet\.pth.*{reason}"):
         tool.main(["--arch", "nat", str(source), str(target)])
     assert not marker.exists() and not target.exists()
+
+
+# CoAtNet: a checkpoint written by timm (a small MaxxVit with the coatnet_0_rw flags and a classifier head)
+COATNET_LAYOUT = dict(embed_dim=[16, 32, 48, 64], depths=[1, 1, 2, 1], stem_width=[8, 16])
+COATNET_IMG_SIZE = (64, 64)
+
+
+def timm_checkpoint() -> dict:
+    timm_maxxvit = pytest.importorskip("timm.models.maxxvit")
+    fields = dict(COATNET_VARIANTS["coatnet_0_rw_224"]["cfg"], **COATNET_LAYOUT)
+    fields["conv_cfg"] = timm_maxxvit.MaxxVitConvCfg(**fields["conv_cfg"])
+    fields["transformer_cfg"] = timm_maxxvit.MaxxVitTransformerCfg(**dict(fields["transformer_cfg"], dim_head=16))
+    torch.manual_seed(0)
+    model = timm_maxxvit.MaxxVit(timm_maxxvit.MaxxVitCfg(**fields), img_size=COATNET_IMG_SIZE, num_classes=10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model, {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+class WithCoAtNet(nn.Module):
+    """Holds D2CoAtNet under `backbone.`, as the MaskFormer meta-architecture does."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = get_project_cfg()
+        c = cfg.MODEL.COATNET
+        c.EMBED_DIM, c.DEPTHS, c.STEM_WIDTH = COATNET_LAYOUT["embed_dim"], COATNET_LAYOUT["depths"], COATNET_LAYOUT["stem_width"]
+        c.DIM_HEAD, c.PRETRAIN_IMG_SIZE = 16, list(COATNET_IMG_SIZE)
+        self.backbone = D2CoAtNet(cfg, ShapeSpec(channels=3))
+
+
+@pytest.mark.parametrize("out_suffix", [".pkl", ".safetensors"])
+def test_timm_checkpoint_converts_and_loads_with_only_the_output_norms_missing(tmp_path, out_suffix):
+    reference, state = timm_checkpoint()
+    assert any(k.startswith("head.fc.") for k in state) and "norm.weight" in state
+    source = tmp_path / "model.safetensors"
+    save_file(state, str(source))
+    target = tmp_path / f"coatnet_d2{out_suffix}"
+    tool.main(["--arch", "coatnet", str(source), str(target)])
+
+    model = WithCoAtNet().eval()
+    initial_norms = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("backbone.norm")}
+    checkpointer = SafeDetectionCheckpointer(model)
+    with RecordLogs(checkpointer.logger) as logs:
+        checkpointer.load(str(target))
+    log = "\n".join(logs.messages)
+    missing = log.split("not found in the checkpoint:\n")[1]
+    assert missing.splitlines() == [f"backbone.norm{i}.{{bias, weight}}" for i in range(4)]
+    assert "not used by the model" not in log and "incompatible shapes" not in log
+    loaded = model.state_dict()
+    for key, value in initial_norms.items():
+        assert torch.equal(loaded[key], value), key
+    for key, value in state.items():
+        if not key.startswith(("head.", "norm.")):
+            assert torch.equal(loaded["backbone." + key], value), key
+
+    # and computes what timm computes, also at a size timm was not built for (tables resized)
+    reference.eval()
+    for size in (COATNET_IMG_SIZE, (96, 64)):
+        if size != COATNET_IMG_SIZE:
+            reference.set_input_size(img_size=size)
+        image = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            x, y = model.backbone.stem(image), reference.stem(image)
+            for ours, theirs in zip(model.backbone.stages, reference.stages):
+                x, y = ours(x), theirs(y)
+                assert (x - y).abs().max() < 1e-4, size
+
+
+def test_not_a_coatnet_checkpoint_is_rejected_with_the_file_name(tmp_path):
+    source = tmp_path / "dinat.pth"
+    torch.save({"model": {"levels.0.blocks.0.attn.rpb": torch.zeros(2, 13, 13)}}, source)
+    with pytest.raises(SystemExit, match=r"dinat.pth: Not a coatnet classifier state_dict: unexpected keys \['levels"):
+        tool.main(["--arch", "coatnet", str(source), str(tmp_path / "out.pkl")])
