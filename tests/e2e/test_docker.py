@@ -179,7 +179,7 @@ def test_dockerignore_keeps_the_project_and_drops_the_bulk():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     needed = ["train_net.py", "pyproject.toml", "setup.py", "README.md", "dinat_m2f/__init__.py", "dinat_m2f/config.py",
-              "configs/coco/panoptic/dinat_l.yaml", "demo/demo.py", "tools/convert-pretrained-dinat-model-to-d2.py",
+              "configs/coco/panoptic/dinat_l.yaml", "demo/demo.py", "tools/convert-pretrained-model-to-d2.py",
               "datasets/README.md", "datasets/prepare_ade20k_sem_seg.py"]
     for path in needed:
         assert not ignored(path, patterns), path
