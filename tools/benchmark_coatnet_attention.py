@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import resource
 import sys
-import time
 import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dinat_m2f.utils.benchmark import best_time, limit_memory, peak_memory_mb, reset_peak_memory  # noqa: E402
 
 
 def eager_attention(q, k, v, attn_mask=None, dropout_p=0.0):
@@ -36,19 +34,10 @@ def eager_attention(q, k, v, attn_mask=None, dropout_p=0.0):
     return logits.softmax(-1) @ v
 
 
-def _limit_cpu_memory(fraction: float = 0.75) -> None:
-    limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _measure(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec["device"] == "cpu":
-        _limit_cpu_memory()
+        limit_memory()
     from dinat_m2f.modeling.backbone import coatnet
 
     if spec["mode"] == "eager":  # only this process: the block's attention written out
@@ -72,27 +61,13 @@ def _measure(spec: dict) -> dict:
             torch.cuda.synchronize()
 
     result = dict(spec, tokens=size * size, heads=block.attn.num_heads)
-    base = _rss_mb()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated()
+    base = reset_peak_memory(device)
     try:
         with torch.set_grad_enabled(spec["train"]):
-            step()
-            sync()
-            best = float("inf")
-            for _ in range(spec["repeats"]):
-                start = time.perf_counter()
-                step()
-                sync()
-                best = min(best, time.perf_counter() - start)
-        result["seconds"] = best
+            result["seconds"] = best_time(lambda: (step(), sync()), spec["repeats"])[0]
     except (RuntimeError, MemoryError) as error:  # out of memory
         result["error"] = str(error).splitlines()[0]
-    if device.type == "cuda":
-        result["peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
-    else:
-        result["peak_mb"] = _rss_mb() - base
+    result["peak_mb"] = peak_memory_mb(device) - base
     return result
 
 

@@ -36,9 +36,7 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +53,10 @@ sys.path.insert(0, os.environ.get(PACKAGE_ROOT_ENV) or str(REPO))
 import dinat_m2f  # noqa: E402  (registers the model and the datasets)
 from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.export import ExportedMaskFormer, export_onnx, export_pt2  # noqa: E402
+# A --before revision's folder holds this checkout's copy of the module (extract_revision writes it there).
+from dinat_m2f.utils.benchmark import (  # noqa: E402
+    best_time, extract_revision, peak_memory_mb, reset_peak_memory,
+)
 
 try:
     from dinat_m2f.engine import reuse_freed_memory
@@ -67,16 +69,6 @@ EXPORTED = {
     "pt2": (".pt2", lambda model, size, path: export_pt2(model, size, path)),
     "aoti": ("_aoti.pt2", lambda model, size, path: export_pt2(model, size, path, aoti=True)),
 }
-
-
-def _rss_mb() -> float:
-    """This process's peak resident memory. On Linux from /proc (VmHWM): ru_maxrss of a spawned worker also
-    counts the parent's resident memory at the fork before its exec, so it read the exporting parent's peak."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sync(device: torch.device) -> None:
@@ -132,12 +124,7 @@ def _matmul_ceiling(threads: int, repeats: int = 5) -> None:
     print("|---|---|---|")
     for m, k, n in CEILING_SHAPES:
         a, b, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
-        torch.addmm(bias, a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.addmm(bias, a, b)
-            best = min(best, time.perf_counter() - start)
+        best = best_time(lambda: torch.addmm(bias, a, b), repeats)[0]
         print(f"| {m} x {k} x {n} | {best * 1e3:.1f} | {2 * m * k * n / best / 1e9:.0f} |")
 
 
@@ -159,8 +146,7 @@ def _time_inference(spec: dict) -> dict:
     autocast = torch.autocast(device.type, dtype=getattr(torch, spec["precision"]),
                               enabled=spec["precision"] != "float32")
     height, width = spec["size"]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     with torch.no_grad(), autocast:
         model([_image(height, width, device) for _ in range(spec["batch"])])  # warm-up (plans, kernels, compiling)
         _sync(device)
@@ -172,19 +158,9 @@ def _time_inference(spec: dict) -> dict:
     per_image = (time.perf_counter() - start) / images
     cpu_per_image = (time.process_time() - start_cpu) / images
     # The whole process on CPU (weights, runtime and activations), allocations on CUDA.
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
+    peak = peak_memory_mb(device)
     return {"per_image": per_image, "cpu_per_image": cpu_per_image, "peak": peak, "allocator": allocator,
             "package": dinat_m2f.__file__}
-
-
-def _archive(revision: str, folder: str) -> None:
-    """The revision's dinat_m2f package and configs, extracted into `folder`."""
-    try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "dinat_m2f", "configs"],
-                                 capture_output=True, check=True).stdout
-    except subprocess.CalledProcessError as error:
-        raise SystemExit(f"--before {revision}: git archive failed: {error.stderr.decode().strip()}") from None
-    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
 
 
 def _compare_revisions(args, spec: dict) -> None:
@@ -198,7 +174,7 @@ def _compare_revisions(args, spec: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     rows: dict[str, list] = {args.before: [], "this checkout": []}
     with tempfile.TemporaryDirectory() as folder:
-        _archive(args.before, folder)
+        extract_revision(args.before, ["dinat_m2f", "configs"], folder)
         roots = {args.before: folder, "this checkout": None}
         for number in range(args.rounds):
             for name in (list(roots) if number % 2 == 0 else list(roots)[::-1]):
@@ -325,22 +301,20 @@ def main() -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         batch = [_training_image(args.train_size, num_classes, device) for _ in range(args.train_batch)]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        base_rss = _rss_mb()
-        times = []
-        for _ in range(args.train_steps + 1):
-            _sync(device)
-            start = time.perf_counter()
+        base = reset_peak_memory(device)
+
+        def train_step():
             with autocast:
                 losses = sum(model(batch).values())
             optimizer.zero_grad(set_to_none=True)
             losses.backward()
             optimizer.step()
             _sync(device)
-            times.append(time.perf_counter() - start)
-        step = min(times[1:])
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base_rss
+
+        _sync(device)
+        step = best_time(train_step, args.train_steps)[0]
+        # CUDA: all tensors (weights and optimizer state included); CPU: what the steps added to the process
+        peak = peak_memory_mb(device) - (0 if device.type == "cuda" else base)
         print(f"| training step | eager | {args.train_batch} x {args.train_size}x{args.train_size} | "
               f"{args.precision} | {step:.3f} s/iter | -  | {args.train_batch / step:.2f} images/s | {peak:.0f} |")
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dinat_m2f.layers.ms_deform_attn import ms_deform_attn_embedding_bag, ms_deform_attn_grid_sample  # noqa: E402
+from dinat_m2f.utils.benchmark import best_time  # noqa: E402
 
 IMPLEMENTATIONS = {"grid_sample": ms_deform_attn_grid_sample, "embedding_bag": ms_deform_attn_embedding_bag}
 
@@ -32,16 +32,6 @@ def _inputs(height: int, width: int, device: torch.device, heads: int = 8, point
     locations = (torch.rand(1, total, heads, len(shapes), points, 2, device=device) * 1.1 - 0.05)
     weights = torch.rand(1, total, heads, len(shapes), points, device=device).softmax(-1)
     return value, shapes, locations, weights
-
-
-def _best(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -72,8 +62,8 @@ def main() -> None:
                 implementation(inputs[0], shapes, *inputs[1:]).sum().backward()
 
             difference = (forward() - reference).abs().max().item()
-            print(f"| {height}x{width} | {value.shape[1]} | {name} | {_best(forward, args.repeats) * 1e3:.1f} "
-                  f"| {_best(train, args.repeats) * 1e3:.1f} | {difference:.1e} |")
+            print(f"| {height}x{width} | {value.shape[1]} | {name} | {best_time(forward, args.repeats)[0] * 1e3:.1f} "
+                  f"| {best_time(train, args.repeats)[0] * 1e3:.1f} | {difference:.1e} |")
 
 
 if __name__ == "__main__":

@@ -42,15 +42,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import json
 import multiprocessing as mp
 import os
 import platform
-import resource
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -58,22 +54,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d  # noqa: E402
+from dinat_m2f.utils.benchmark import (  # noqa: E402
+    best_time, extract_revision, limit_memory, peak_memory_mb, reset_peak_memory,
+)
 
 DINAT_L_STAGES = [  # (stride, heads, largest dilation for a 640 input, from configs/*/dinat_l.yaml)
     (4, 6, 14), (8, 12, 7), (16, 24, 3), (32, 48, 1)]
 
 
-def _limit_cpu_memory(fraction: float = 0.75) -> None:
-    """Make an allocation beyond this share of the RAM a RuntimeError (an n/a row), not the OOM killer."""
-    limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def _measure(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec["device"] == "cpu":
-        _limit_cpu_memory()
+        limit_memory()
     from dinat_m2f.layers import na2d, na2d_reference
 
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
@@ -93,16 +87,10 @@ def _measure(spec: dict) -> dict:
 
     def timed(fn) -> tuple[float, float]:
         """Best wall time and best CPU time (of all threads; competing processes inflate it less)."""
-        return _best(lambda: (fn(), sync()), spec["repeats"])
-
-    def rss_mb() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return best_time(lambda: (fn(), sync()), spec["repeats"])
 
     result = dict(spec)
-    base = rss_mb()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated()
+    base = reset_peak_memory(device)
     try:
         with torch.no_grad():
             result["forward_s"], result["forward_cpu_s"] = timed(forward)
@@ -115,20 +103,14 @@ def _measure(spec: dict) -> dict:
         result["train_s"], result["train_cpu_s"] = timed(forward_backward)
     except (RuntimeError, ValueError) as error:  # out of memory, unsupported backend
         result["error"] = str(error).splitlines()[0]  # shown as n/a in the table, kept in --json
-    if device.type == "cuda":
-        result["peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
-    else:
-        result["peak_mb"] = rss_mb() - base
+    result["peak_mb"] = peak_memory_mb(device) - base
     return result
 
 
 def _import_revision(revision: str, folder: str):
     """The neighborhood_attention package as it is at `revision`, imported as a package of its own."""
-    root = Path(__file__).resolve().parents[1]
     member = "dinat_m2f/layers/neighborhood_attention"
-    archive = subprocess.run(["git", "-C", str(root), "archive", revision, member], check=True,
-                             capture_output=True).stdout
-    tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+    extract_revision(revision, [member], folder)
     name = "na_" + "".join(c if c.isalnum() else "_" for c in revision)
     package = Path(folder) / name
     (Path(folder) / member).rename(package)
@@ -164,16 +146,12 @@ def _compare_revisions(revision: str, rows: list, rounds: int, repeats: int, thr
             for number in range(rounds):
                 for name in (list(ops) if number % 2 == 0 else list(ops)[::-1]):
                     op = ops[name]
-                    with torch.no_grad():
-                        op(q, k, v, 11, dilation, rpb, backend="tiled")  # warm-up: the plan
-                        for _ in range(repeats):
-                            start = time.perf_counter()
-                            op(q, k, v, 11, dilation, rpb, backend="tiled")
-                            forward[name] = min(forward[name], time.perf_counter() - start)
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        torch.autograd.grad(op(*leaves[:3], 11, dilation, leaves[3], backend="tiled"), leaves, grad)
-                        train[name] = min(train[name], time.perf_counter() - start)
+                    with torch.no_grad():  # after a warm-up call: the plan
+                        seconds = best_time(lambda: op(q, k, v, 11, dilation, rpb, backend="tiled"), repeats)[0]
+                    forward[name] = min(forward[name], seconds)
+                    seconds = best_time(lambda: torch.autograd.grad(
+                        op(*leaves[:3], 11, dilation, leaves[3], backend="tiled"), leaves, grad), repeats, warmup=0)[0]
+                    train[name] = min(train[name], seconds)
             cells = [f"{forward[n] * 1e3:.1f}" for n in ops] + [f"{train[n] * 1e3:.1f}" for n in ops]
             print(f"| {height}x{width} | {heads} | {dilation} | " + " | ".join(cells) + " |", flush=True)
 
@@ -206,7 +184,7 @@ def _kernel_floor(rows: list, repeats: int, threads: int) -> None:
     torch.set_num_threads(threads)
     reuse_freed_memory()  # as train_net.py and the demo run: no page faults of fresh temporaries in the times
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    rate = 2 * 4096 ** 3 / _best(lambda: a @ b, 3)[0]
+    rate = 2 * 4096 ** 3 / best_time(lambda: a @ b, 3)[0]
     print(f"tiled na2d forward and its attention kernel alone, kernel 11, head dim 32, RPB, float32, batch 1, torch "
           f"{torch.__version__}, cpu ({platform.processor() or platform.machine()}), {threads} threads, best of "
           f"{repeats}; float32 matrix rate {rate / 1e9:.0f} GFLOP/s (4096^3)")
@@ -220,7 +198,7 @@ def _kernel_floor(rows: list, repeats: int, threads: int) -> None:
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)
         rpb = torch.randn(heads, 21, 21)
         with torch.no_grad():
-            forward = _best(lambda: na2d(q, k, v, 11, dilation, rpb, backend="tiled"), repeats)[0]
+            forward = best_time(lambda: na2d(q, k, v, 11, dilation, rpb, backend="tiled"), repeats)[0]
             calls = kernel_calls(q, k, v, rpb, dilation)
             scores = sum(q_blocks.shape[0] * q_blocks.shape[1] * q_blocks.shape[2] * k_blocks.shape[2]
                          for q_blocks, k_blocks, *_ in calls)
@@ -229,7 +207,7 @@ def _kernel_floor(rows: list, repeats: int, threads: int) -> None:
                 for q_blocks, k_blocks, v_blocks, mask, _ in calls:
                     F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=mask, scale=1.0)
 
-            alone, alone_cpu = _best(kernel_alone, repeats)
+            alone, alone_cpu = best_time(kernel_alone, repeats)
         exact = heads * height * width * 121
         cells = [f"{height}x{width}", str(heads), str(dilation), f"{forward * 1e3:.1f}", f"{alone * 1e3:.1f}",
                  f"{alone / forward:.0%}", f"{scores / 1e6:.1f}", f"{exact / 1e6:.1f}",
@@ -311,18 +289,6 @@ def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
-
-
-def _best(fn, repeats: int) -> tuple[float, float]:
-    """Best wall time and best CPU time (all threads) of `repeats` calls after a warm-up call."""
-    fn()
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        best = min(best, time.perf_counter() - start)
-        best_cpu = min(best_cpu, time.process_time() - start_cpu)
-    return best, best_cpu
 
 
 def _image_sizes(text: str) -> list[tuple[int, int]]:

@@ -54,11 +54,6 @@ def _parse_case(text: str):
         raise argparse.ArgumentTypeError(f"--case {text!r}: expected QUERIES,CLASSES,HxW,HxW") from None
 
 
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
 def _worker(args) -> None:
     """One case with the package under --package-root; prints one JSON line."""
     sys.path.insert(0, args.package_root)
@@ -66,6 +61,7 @@ def _worker(args) -> None:
     from detectron2.data.catalog import Metadata
 
     from dinat_m2f.modeling.postprocessing import MaskFormerPostProcessor
+    from dinat_m2f.utils.benchmark import peak_resident_mb, resident_mb  # a revision's folder has this checkout's
 
     torch.set_num_threads(args.threads)
     queries, classes, padded, output = _parse_case(args.case)
@@ -93,7 +89,7 @@ def _worker(args) -> None:
         mapped_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
     limit = mapped_kb * 1024 + int(args.memory_limit * 2 ** 30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-    before_mb = _resident_mb()
+    before_mb = resident_mb()
     wall, cpu = [], []
     try:
         for i in range(args.repeat + (args.repeat > 1)):
@@ -108,7 +104,7 @@ def _worker(args) -> None:
             raise
         print(json.dumps({"error": f"over limit ({args.memory_limit:g} GB)"}))
         return
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_resident_mb()
     print(json.dumps({"wall": statistics.median(wall), "cpu": statistics.median(cpu), "peak_mb": peak_mb - before_mb}))
 
 
@@ -120,12 +116,6 @@ def _run(case: str, tasks: str, package_root: str, args) -> dict:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"error": f"failed: {tail[0]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _archive(revision: str, folder: str) -> None:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "dinat_m2f"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
 
 
 def main() -> None:
@@ -155,7 +145,10 @@ def main() -> None:
     revisions = [("this checkout", str(ROOT))]
     with tempfile.TemporaryDirectory() as before_root:
         if args.before:
-            _archive(args.before, before_root)
+            sys.path.insert(0, str(ROOT))
+            from dinat_m2f.utils.benchmark import extract_revision
+
+            extract_revision(args.before, ["dinat_m2f"], before_root)
             revisions.insert(0, (args.before, before_root))
         print(f"Post-processing, {args.threads} threads, {_cpu_name()}, torch {_torch_version()}\n")
         print("| queries | classes | padded size | output size | tasks | code | wall s | CPU s | peak memory MB |")

@@ -27,8 +27,3 @@ def test_before_times_a_revisions_model_beside_this_checkouts():
     assert all(cells[-1] == "freed memory reused |" for cells in rounds)
     summary = [line for line in lines if line.startswith(("| HEAD |", "| this checkout |"))]
     assert len(summary) == 2 and all("s/image" in line for line in summary)
-
-
-def test_before_an_unknown_revision_is_named(tmp_path):
-    with pytest.raises(SystemExit, match="--before no-such-revision: git archive failed"):
-        benchmark_model._archive("no-such-revision", str(tmp_path))
