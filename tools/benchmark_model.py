@@ -44,7 +44,6 @@ from pathlib import Path
 
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import Instances
 
 REPO = Path(__file__).resolve().parents[1]
 # The package measured: this checkout's, or in a --before worker the revision's folder named by this variable.
@@ -55,7 +54,7 @@ from dinat_m2f.config import load_project_config  # noqa: E402
 from dinat_m2f.export import ExportedMaskFormer, export_onnx, export_pt2  # noqa: E402
 # A --before revision's folder holds this checkout's copy of the module (extract_revision writes it there).
 from dinat_m2f.utils.benchmark import (  # noqa: E402
-    best_time, extract_revision, peak_memory_mb, reset_peak_memory,
+    best_time, extract_revision, peak_memory_mb, random_image, reset_peak_memory, training_input,
 )
 
 try:
@@ -74,24 +73,6 @@ EXPORTED = {
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _image(height: int, width: int, device: torch.device) -> dict:
-    return {"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, device=device),
-            "height": height, "width": width}
-
-
-def _training_image(size: int, num_classes: int, device: torch.device) -> dict:
-    item = _image(size, size, device)
-    masks = torch.zeros(6, size, size, dtype=torch.bool, device=device)
-    for n in range(6):  # six rectangles of random extent
-        y0, x0 = torch.randint(0, size // 2, (2,)).tolist()
-        masks[n, y0:y0 + size // 3, x0:x0 + size // 4] = True
-    instances = Instances((size, size))
-    instances.gt_classes = torch.randint(0, num_classes, (6,), device=device)
-    instances.gt_masks = masks
-    item["instances"] = instances
-    return item
 
 
 def _load_cfg(config_file: str, opts: list, device: str):
@@ -148,11 +129,11 @@ def _time_inference(spec: dict) -> dict:
     height, width = spec["size"]
     reset_peak_memory(device)
     with torch.no_grad(), autocast:
-        model([_image(height, width, device) for _ in range(spec["batch"])])  # warm-up (plans, kernels, compiling)
+        model([random_image(height, width, device) for _ in range(spec["batch"])])  # warm-up: plans, kernels, compiling
         _sync(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(spec["images"]):
-            model([_image(height, width, device) for _ in range(spec["batch"])])
+            model([random_image(height, width, device) for _ in range(spec["batch"])])
         _sync(device)
     images = spec["images"] * spec["batch"]
     per_image = (time.perf_counter() - start) / images
@@ -300,7 +281,7 @@ def main() -> None:
                                   enabled=args.precision != "float32")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        batch = [_training_image(args.train_size, num_classes, device) for _ in range(args.train_batch)]
+        batch = [training_input(args.train_size, num_classes, device) for _ in range(args.train_batch)]
         base = reset_peak_memory(device)
 
         def train_step():

@@ -1,5 +1,6 @@
 """What the benchmark tools (tools/benchmark_*.py) share: the code of another git revision to measure beside
-this checkout's, best-of timing and memory readings. Each tool keeps its own measurements and table.
+this checkout's, best-of timing, memory readings (peak, and what autograd keeps for the backward) and random
+inputs. Each tool keeps its own measurements and table.
 
 This module needs only the standard library and torch: `extract_revision` writes it into the extracted package
 too, so a worker measuring an older revision reads time and memory with the same instrument as this checkout's.
@@ -14,12 +15,14 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import torch
 
 __all__ = ["REPO", "best_time", "extract_revision", "limit_memory", "peak_memory_mb", "peak_resident_mb",
-           "reset_peak_memory", "resident_mb"]
+           "random_image", "reset_peak_memory", "resident_mb", "saved_for_backward", "training_input"]
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,3 +100,42 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return peak_resident_mb()
+
+
+def saved_for_backward(run: Callable[[], T], exclude: Iterable[torch.Tensor] = ()) -> tuple[T, int]:
+    """`run()`'s result and the bytes of the tensors autograd keeps for its backward while it runs: each
+    storage once, those of `exclude` (e.g. the parameters, kept anyway) left out. Blocks under activation
+    checkpointing keep only their inputs."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = run()
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    return result, sum(size for pointer, size in storages.items() if pointer not in excluded)
+
+
+def random_image(height: int, width: int, device: torch.device) -> dict:
+    """A detectron2 input dict with a random uint8 image."""
+    return {"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, device=device),
+            "height": height, "width": width}
+
+
+def training_input(size: int, num_classes: int, device: torch.device, objects: int = 6) -> dict:
+    """A random size x size image with `objects` rectangles of random place and class as instance targets."""
+    from detectron2.structures import Instances
+
+    item = random_image(size, size, device)
+    masks = torch.zeros(objects, size, size, dtype=torch.bool, device=device)
+    for n in range(objects):
+        y0, x0 = torch.randint(0, size // 2, (2,)).tolist()
+        masks[n, y0:y0 + size // 3, x0:x0 + size // 4] = True
+    instances = Instances((size, size))
+    instances.gt_classes = torch.randint(0, num_classes, (objects,), device=device)
+    instances.gt_masks = masks
+    item["instances"] = instances
+    return item

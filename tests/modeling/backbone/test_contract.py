@@ -12,6 +12,7 @@ from project_paths import CONFIGS
 import dinat_m2f  # noqa: F401  (registers the backbones)
 from dinat_m2f.config import load_project_config
 from dinat_m2f.modeling.backbone import MultiScaleBackbone
+from dinat_m2f.utils.benchmark import saved_for_backward
 
 PROJECT_BACKBONES = sorted(name for name, cls in BACKBONE_REGISTRY if cls.__module__.startswith("dinat_m2f."))
 ODD_SIZES = [(97, 131), (160, 224)]
@@ -135,21 +136,6 @@ def test_builds_on_the_meta_device(name):
     assert {k: v.shape for k, v in on_meta.state_dict().items()} == {k: v.shape for k, v in on_cpu.state_dict().items()}
 
 
-def saved_tensor_bytes(run) -> int:
-    """Bytes of the tensors autograd keeps for the backward while `run()` records a graph (each storage once;
-    the parameters, kept anyway, left out)."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        result = run()
-    return result, storages
-
-
 @pytest.mark.parametrize("name", PROJECT_BACKBONES)
 def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less(name):
     image = torch.randn(2, 3, 97, 131)
@@ -158,9 +144,7 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less(name):
         backbone = _build(name, **{"MODEL.BACKBONE.ACTIVATION_CHECKPOINTING": str(enabled)}).train()
         assert backbone.activation_checkpointing is enabled
         torch.manual_seed(3)
-        features, storages = saved_tensor_bytes(lambda: backbone(image))
-        parameters = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
-        kept = sum(size for pointer, size in storages.items() if pointer not in parameters)
+        features, kept = saved_for_backward(lambda: backbone(image), exclude=backbone.parameters())
         _loss(features).backward()
         runs[enabled] = backbone, kept
     (plain, kept_plain), (checkpointed, kept_checkpointed) = runs[False], runs[True]

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Activation checkpointing (MODEL.BACKBONE.ACTIVATION_CHECKPOINTING): the memory autograd keeps for the backward,
+the peak memory and the time of a training step, with and without, for the backbone alone and the whole model.
+
+    python tools/benchmark_checkpointing.py                   # CPU, float32: DiNAT-L, 1024x1024, batch 1
+    python tools/benchmark_checkpointing.py --device cuda --precision bfloat16
+    python tools/benchmark_checkpointing.py --config-file configs/synthetic/panoptic/dinat_mini.yaml --size 128
+
+Rows, each in a fresh process (so that its peak memory is its own), random weights (memory and time do not
+depend on them), --config-file's model (default DiNAT-L COCO panoptic) on a --size x --size input:
+- backbone: forward and backward of the backbone alone on one random image (the loss is the mean square of
+  its features);
+- whole model: a training step of the model at batch 1 (forward with its losses, backward, AdamW step) on a
+  random image with six random instances as targets, as an LSJ crop of --size.
+Columns: "kept for backward" is the bytes of the tensors autograd saves in the forward for the backward (each
+storage once, the parameters left out; checkpointed blocks keep their inputs only); "peak" is how much the
+first step raised the peak (CPU: the process's resident high-water mark; CUDA: allocated memory above the
+weights); "step" is the best of --steps further steps. --precision autocasts the forward as training does
+(bfloat16 is the DiNAT-L recipe; on a CPU without bfloat16 units it is emulated and tens of times slower).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dinat_m2f.utils.benchmark import (  # noqa: E402
+    best_time, limit_memory, peak_memory_mb, reset_peak_memory, saved_for_backward, training_input,
+)
+
+PARTS = ("backbone", "whole model")
+
+
+def _measure(spec: dict) -> dict:
+    """One row: the part with checkpointing on or off (run in a fresh process)."""
+    from detectron2.modeling import build_backbone, build_model
+
+    import dinat_m2f  # noqa: F401  (registers the model, the backbones and the datasets the config names)
+    from dinat_m2f.config import load_project_config
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    if device.type == "cpu":
+        limit_memory(spec["memory_fraction"])
+    cfg = load_project_config(spec["config_file"], [
+        "MODEL.WEIGHTS", "", "MODEL.DEVICE", spec["device"],
+        "MODEL.BACKBONE.ACTIVATION_CHECKPOINTING", str(spec["checkpointing"])])
+    autocast = torch.autocast(device.type, dtype=getattr(torch, spec["precision"]),
+                              enabled=spec["precision"] != "float32")
+    torch.manual_seed(0)
+    size = spec["size"]
+    if spec["part"] == "backbone":
+        model = build_backbone(cfg).to(device).train()
+        image = torch.randn(1, 3, size, size, device=device)
+        optimizer = None
+
+        def loss():
+            with autocast:
+                return sum(feature.float().square().mean() for feature in model(image).values())
+    else:
+        model = build_model(cfg).train()
+        batch = [training_input(size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+        def loss():
+            with autocast:
+                return sum(model(batch).values())
+
+    def finish(value: torch.Tensor) -> None:
+        value.backward()
+        if optimizer is not None:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    result = {"activation_checkpointing": model.backbone.activation_checkpointing if optimizer else
+              model.activation_checkpointing}
+    try:
+        base = reset_peak_memory(device)
+        value, kept = saved_for_backward(loss, exclude=model.parameters())
+        result["kept_mb"] = kept / 2 ** 20
+        finish(value)
+        del value
+        result["peak_mb"] = peak_memory_mb(device) - base
+        result["step_s"] = best_time(lambda: finish(loss()), spec["steps"], warmup=0)[0]
+    except (RuntimeError, MemoryError) as error:  # out of memory: the row says so
+        result["error"] = str(error).splitlines()[0][:120]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/coco/panoptic/dinat_l.yaml")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--size", type=int, default=1024, help="input height and width (default 1024: LSJ)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps after the first (default 1)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-fraction", type=float, default=0.75,
+                        help="CPU: share of the RAM a row may map before it fails as out of memory")
+    args = parser.parse_args()
+    parts = [part for part in args.parts.split(",") if part]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown {unknown}; choose from {', '.join(PARTS)}")
+
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"{args.config_file}, {args.size}x{args.size}, batch 1, {args.precision}, torch {torch.__version__}, "
+          f"{args.device} ({where}), {args.threads} CPU threads, best of {args.steps} step(s) after the first")
+    print("| part | activation checkpointing | kept for backward MB | peak MB | step s | kept / off | step / off |")
+    print("|---|---|---|---|---|---|---|")
+    context = mp.get_context("spawn")
+    for part in parts:
+        rows = {}
+        for checkpointing in (False, True):
+            spec = dict(vars(args), part=part, checkpointing=checkpointing)
+            with context.Pool(1) as pool:
+                rows[checkpointing] = row = pool.apply(_measure, (spec,))
+            assert row["activation_checkpointing"] is checkpointing
+            off = rows[False]
+            cells = ["n/a"] * 5 if "error" in row else [
+                f"{row['kept_mb']:.0f}", f"{row['peak_mb']:.0f}", f"{row['step_s']:.2f}",
+                f"{row['kept_mb'] / off['kept_mb']:.2f}" if "error" not in off else "n/a",
+                f"{row['step_s'] / off['step_s']:.2f}" if "error" not in off else "n/a"]
+            if "error" in row:
+                cells[0] = f"n/a ({row['error']})"
+            print(f"| {part} | {'on' if checkpointing else 'off'} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
