@@ -1,5 +1,5 @@
 """Shared test helpers: the reference fixtures live in tests/fixtures (see its README); a local HTTP server for
-downloads."""
+downloads; tests marked `cuda` are skipped where no CUDA GPU is."""
 import functools
 import http.server
 import threading
@@ -59,3 +59,12 @@ def file_server(tmp_path, monkeypatch):
     yield server
     server.shutdown()
     server.server_close()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(no_gpu)

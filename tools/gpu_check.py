@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""The GPU check in one prepared run: CUDA tests of neighborhood attention, its kernels and the whole model
-timed beside the machine's measured ceilings, and a real training run. Writes gpu_check.json (sections
-ceilings, cuda_tests, na_benchmark, model_benchmark, train_run, then the goals) under --out and prints a table
-last.
+"""The GPU check in one prepared run: the suite's CUDA tests, neighborhood attention's kernels and the whole
+model timed beside the machine's measured ceilings, activation checkpointing measured, and a real training run.
+Writes gpu_check.json (sections ceilings, cuda_tests, na_benchmark, model_benchmark, checkpointing, train_run,
+then the goals) under --out and prints a table last.
 
     python tools/gpu_check.py --out DIR             # on a CUDA machine (at most 6 minutes: --budget)
     python tools/gpu_check.py --dry-run --out DIR   # every step on CPU, tiny shapes (2 minutes of CPU time)
@@ -13,12 +13,11 @@ of time is recorded with its error and the run goes on; --budget bounds the whol
 later step):
   ceilings         the machine (GPU, driver, torch, triton) and its measured ceilings: an 8192^3 bf16 matrix
                    product (TFLOP/s) and a 2 GiB device-to-device copy (GB/s, bytes read plus written)
-  cuda_tests       tiled and flex forward + backward (q, k, v, rpb) in float32, bfloat16 and float16 against
-                   the float64 tiled op (relative error per output, tolerances in TOLERANCES, NaN never passes)
-                   at a 29x31 map and at every DiNAT-L layer shape (stage maps and dilations of
-                   configs/coco/panoptic/dinat_l.yaml) at 800x1333 (no H*W a multiple of 128: PyTorch issue
-                   153799, NaN in FlexAttention's backward with a block mask and a score_mod at such lengths)
-                   and 1024x1024 (all multiples of 128); natten (no RPB) when importable
+  cuda_tests       the test suite's tests marked `cuda` (pytest -m cuda over CUDA_TEST_FILES): among them
+                   tests/layers/test_na_cuda.py, every neighborhood-attention backend forward + backward in
+                   float32, bfloat16 and float16 against the float64 tiled op at every DiNAT-L layer shape at
+                   800x1333 and 1024x1024; each test's outcome, time and recorded relative errors come from
+                   pytest's junit XML (a dry run on a machine without CUDA: every one skipped)
   train_run        train_net.py on configs/synthetic/panoptic/dinat_mini.yaml on CUDA in bf16 autocast,
                    200 iterations, then --eval-only of its model_final.pth: finite losses, PQ, AP, mIoU
   na_benchmark     tools/benchmark_na.py --device cuda --dtypes bfloat16 --backends tiled,flex,gather
@@ -28,6 +27,9 @@ later step):
   model_benchmark  tools/benchmark_model.py, DiNAT-L COCO panoptic at 800x1216 in bf16: inference at batch 4
                    and 1, eager and compiled (images/s, peak memory), and the training step on 2 LSJ
                    1024x1024 images (s/step, peak memory)
+  checkpointing    tools/benchmark_checkpointing.py, DiNAT-L at 1024x1024 in bf16: the memory autograd keeps for
+                   the backward, the peak and the step time of the backbone alone and of the whole model's
+                   training step at batch 1, with and without MODEL.BACKBONE.ACTIVATION_CHECKPOINTING
 
 On the GPU machine this project is lent (one H200, Python 3.12, torch 2.11 + CUDA 13, no network, none of
 detectron2, fvcore, iopath, yacs, pycocotools, omegaconf, panopticapi), after `bash tools/gpu_check_prepare.sh`
@@ -37,7 +39,8 @@ here, the device tool's run, with carry [".gpu_check"] and timeout_s 420:
     --target /tmp/site .gpu_check/wheels/*.whl && export PYTHONPATH=/tmp/site:$PWD/.gpu_check/src:$PWD
     PYTHONUNBUFFERED=1 && python3 tools/gpu_check.py --out $OUT 2>&1 | tee $OUT/gpu_check.log
 
-(one line). It writes three files back: gpu_check.json, steps.log (every job's output) and gpu_check.log.
+(one line). It writes four files back: gpu_check.json, steps.log (every job's output), cuda_tests.xml
+(pytest's junit report) and gpu_check.log.
 """
 from __future__ import annotations
 
@@ -55,14 +58,19 @@ import sys
 import tempfile
 import time
 import traceback
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-SECTIONS = ("ceilings", "cuda_tests", "na_benchmark", "model_benchmark", "train_run")
-RUN_ORDER = ("ceilings", "cuda_tests", "train_run", "na_benchmark", "model_benchmark")
+SECTIONS = ("ceilings", "cuda_tests", "na_benchmark", "model_benchmark", "checkpointing", "train_run")
+RUN_ORDER = ("ceilings", "cuda_tests", "train_run", "na_benchmark", "model_benchmark", "checkpointing")
+# The test files holding tests marked `cuda` (tests/tools/test_gpu_check.py checks the list against the suite):
+# only these are collected, since the GPU machine lacks what other test files import (timm, onnx, ...).
+CUDA_TEST_FILES = ("tests/layers/test_na_backends.py", "tests/layers/test_na_cuda.py")
+OUTCOMES = ("passed", "failed", "skipped")
 DEFAULT_BUDGET = {"gpu": 360.0, "dry": 3000.0}
 RESERVE_PER_STEP = 30.0  # seconds kept for each later step
 MIN_JOB_SECONDS = 10.0  # a job given less than this is skipped
@@ -75,10 +83,8 @@ CAPS = {
     "eval_run": (50, 600),
     "na_benchmark": (90, 600),
     "model_benchmark": (80, 600),
+    "checkpointing": (90, 600),
 }
-# Relative error ||x - ref|| / ||ref|| allowed per dtype, for the output and every gradient: float32 has room
-# for TF32 matrix products (near 3e-4); bf16 operands land between 1e-3 and 1e-2, float16 8x finer.
-TOLERANCES = {"float32": 1e-3, "bfloat16": 2e-2, "float16": 5e-3}
 SYNTHETIC = "configs/synthetic/panoptic/dinat_mini.yaml"
 # A tiny model on tiny images for the dry run's training run (seconds on 2 CPU cores).
 TINY_MODEL = [
@@ -170,13 +176,59 @@ def step_ceilings(runner: Runner) -> dict:
 
 
 def step_cuda_tests(runner: Runner) -> dict:
-    section = _worker_step(runner, "cuda_tests")
-    results = section.get("results", [])
-    failed = [r for r in results if not r.get("passed")]
-    section["summary"] = {"run": len(results), "passed": len(results) - len(failed), "failed": len(failed),
-                          "nonfinite": sum(1 for r in results if any(r.get("nonfinite", {}).values()))}
-    if section["status"] == "ok" and (failed or not results):
-        section.update(status="failed", error=f"{len(failed)} of {len(results)} checks failed")
+    """pytest -m cuda over CUDA_TEST_FILES; the results from its junit XML (written next to gpu_check.json)."""
+    report = runner.out / "cuda_tests.xml"
+    report.unlink(missing_ok=True)
+    argv = [PYTHON, "-m", "pytest", "-m", "cuda", *CUDA_TEST_FILES, "-p", "no:cacheprovider", "-q", "-rfE",
+            f"--junitxml={report}", "-o", "junit_family=xunit1"]
+    job, _ = runner.run("cuda_tests", argv)
+    results = read_junit(report) if report.exists() else []
+    counts = {outcome: sum(r["outcome"] == outcome for r in results) for outcome in OUTCOMES}
+    section = {"status": job["status"], "job": job, "results": results, "summary": {"tests": len(results), **counts}}
+    if job["status"] == "failed" and not counts["failed"]:  # pytest itself failed (collection, usage)
+        section["error"] = job.get("error")
+    elif counts["failed"]:
+        section.update(status="failed", error=f"{counts['failed']} of {len(results)} tests failed")
+    elif not runner.dry_run and not counts["passed"]:
+        section.update(status="failed", error="no CUDA test ran (is the GPU visible to torch?)")
+    elif job["status"] == "timeout":
+        section["error"] = job["error"]
+    return section
+
+
+def read_junit(path: Path) -> list[dict]:
+    """pytest's junit XML -> one record per test: its id, outcome, seconds, message and recorded properties."""
+    results = []
+    for case in ElementTree.parse(path).getroot().iter("testcase"):
+        record = {"test": f"{case.get('classname')}::{case.get('name')}", "seconds": float(case.get("time", 0))}
+        record["outcome"] = "passed"
+        for outcome in ("failure", "error", "skipped"):
+            found = case.find(outcome)
+            if found is not None:
+                record["outcome"] = "skipped" if outcome == "skipped" else "failed"
+                record["message"] = (found.get("message") or found.text or "").strip().splitlines()[0][:300]
+        for prop in case.iter("property"):
+            value = prop.get("value")
+            try:
+                value = json.loads(value)
+            except (TypeError, ValueError):
+                pass  # strings stay strings
+            record[prop.get("name")] = value
+        results.append(record)
+    return results
+
+
+def step_checkpointing(runner: Runner) -> dict:
+    """tools/benchmark_checkpointing.py: with and without activation checkpointing, its table's rows."""
+    if runner.dry_run:
+        args = ["--config-file", SYNTHETIC, "--device", "cpu", "--size", "64", "--threads", "2"]
+    else:
+        args = ["--device", "cuda", "--precision", "bfloat16", "--size", "1024", "--steps", "2"]
+    job, output = runner.run("checkpointing", [PYTHON, "tools/benchmark_checkpointing.py", *args])
+    rows = parse_markdown_table(output.splitlines())
+    section = {"status": job["status"], "job": job, "rows": rows, **({"error": job["error"]} if "error" in job else {})}
+    if job["status"] == "ok" and len(rows) != 4:
+        section.update(status="failed", error=f"{len(rows)} rows instead of 4")
     return section
 
 
@@ -471,150 +523,9 @@ def _copy_bandwidth(device, nbytes: int) -> dict:
             "gb_per_s": 2 * nbytes / seconds / 1e9, "counted": "bytes read plus bytes written"}
 
 
-def stage_maps(height: int, width: int) -> list[tuple[int, int]]:
-    """DiNAT's four stage maps for an unpadded input: each 3x3 stride-2 convolution (padding 1) maps n to
-    ceil(n / 2), two in the patch embedding, then one per downsampler."""
-    sizes = []
-    for halvings in (2, 1, 1, 1):
-        for _ in range(halvings):
-            height, width = -(-height // 2), -(-width // 2)
-        sizes.append((height, width))
-    return sizes
-
-
-def cuda_test_cases(dry_run: bool) -> list[dict]:
-    """A small map, then every (stage, dilation) of DiNAT-L's COCO config at 800x1333 and 1024x1024."""
-    from dinat_m2f.config import load_project_config
-
-    cfg = load_project_config(str(REPO / "configs" / "coco" / "panoptic" / "dinat_l.yaml"))
-    dinat = cfg.MODEL.DINAT
-    kernel = dinat.KERNEL_SIZE
-    cases = [dict(image="small map", stage=1, height=29, width=31, heads=2, dilation=2, kernel=kernel)]
-    for image in [(96, 133)] if dry_run else [(800, 1333), (1024, 1024)]:
-        for stage, (height, width) in enumerate(stage_maps(*image)[:1] if dry_run else stage_maps(*image)):
-            heads = 1 if dry_run else dinat.NUM_HEADS[stage]
-            for dilation in sorted(set(dinat.DILATIONS[stage])):
-                if min(height, width) >= kernel * dilation:
-                    cases.append(dict(image=f"{image[0]}x{image[1]}", stage=stage + 1, height=height, width=width,
-                                      heads=heads, dilation=dilation, kernel=kernel))
-    return cases
-
-
-def _exact_in_half_types(tensor):
-    """Round to bfloat16 and flush what float16 would make subnormal: then the same values are exact in float32,
-    bfloat16 and float16, and one float64 reference serves all three dtypes."""
-    import torch
-
-    rounded = tensor.to(torch.bfloat16).double()
-    return torch.where(rounded.abs() < 2**-14, torch.zeros_like(rounded), rounded)
-
-
-def _na_outputs(backend: str, inputs: dict, grad_out, kernel: int, dilation: int, backward: bool) -> dict:
-    """{"out", "grad_q", ...} of na2d with the given backend; gradients only when `backward`."""
-    import torch
-
-    from dinat_m2f.layers import na2d
-
-    leaves = {name: t.detach().requires_grad_(backward) for name, t in inputs.items()}
-    with torch.set_grad_enabled(backward):
-        out = na2d(leaves["q"], leaves["k"], leaves["v"], kernel, dilation, leaves.get("rpb"), backend=backend)
-        results = {"out": out}
-        if backward:
-            grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(out.dtype))
-            results.update((f"grad_{name}", grad) for name, grad in zip(leaves, grads))
-    return {name: t.detach() for name, t in results.items()}
-
-
-def _compare(results: dict, reference: dict) -> tuple[dict, dict]:
-    import torch
-
-    errors, nonfinite = {}, {}
-    for name, value in results.items():
-        ref = reference[name].to(value.device)
-        nonfinite[name] = int((~torch.isfinite(value)).sum())
-        errors[name] = float((value.double() - ref).norm() / ref.norm().clamp_min(1e-300))
-    return errors, nonfinite
-
-
-def run_cuda_tests(dry_run: bool, part: Path, section: dict) -> None:
-    import torch
-
-    from dinat_m2f.layers.neighborhood_attention.flex import flex_unavailable
-    from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
-
-    device = _device(dry_run)
-    has_natten = natten_na2d() is not None
-    # Where this torch cannot run flex (torch 2.5; CPU before 2.8) the automatic choice never picks it: say why.
-    no_flex = flex_unavailable(device.type)
-    backends = ["tiled"] + (["flex"] if no_flex is None else []) + (["natten"] if has_natten else [])
-    section.update(device=str(device), tolerances=TOLERANCES, natten_importable=has_natten,
-                   flex_unavailable=no_flex, results=[],
-                   reference="the float64 tiled op on the same device (validated against NATTEN 0.17.5's "
-                             "numbers in the test suite); checked once against the CPU's at the small map")
-    cases = cuda_test_cases(dry_run)
-    generator = torch.Generator().manual_seed(0)
-    for number, case in enumerate(cases):
-        shape = (1, case["heads"], case["height"], case["width"], 32)
-        kernel, dilation = case["kernel"], case["dilation"]
-        inputs = {"q": torch.randn(shape, generator=generator) * 0.25, "k": torch.randn(shape, generator=generator),
-                  "v": torch.randn(shape, generator=generator),
-                  "rpb": torch.randn(case["heads"], 2 * kernel - 1, 2 * kernel - 1, generator=generator) * 0.5}
-        inputs = {name: _exact_in_half_types(t).to(device) for name, t in inputs.items()}
-        grad_out = _exact_in_half_types(torch.randn(shape, generator=generator)).to(device)
-        references = {}
-        try:
-            references[True] = _na_outputs("tiled", inputs, grad_out, kernel, dilation, backward=True)
-            if has_natten:
-                no_rpb = {name: t for name, t in inputs.items() if name != "rpb"}
-                references[False] = _na_outputs("tiled", no_rpb, grad_out, kernel, dilation, backward=True)
-            if number == 0 and device.type == "cuda":
-                on_cpu = {name: t.cpu() for name, t in inputs.items()}
-                cpu = _na_outputs("tiled", on_cpu, grad_out.cpu(), kernel, dilation, backward=True)
-                section["reference_vs_cpu"] = _compare(references[True], cpu)[0]
-        except Exception as error:  # noqa: BLE001  (recorded; the next case runs)
-            traceback.print_exc()
-            section["results"].append({**case, "backend": "reference", "passed": False, "error": _error(error)})
-            continue
-        for dtype_name in TOLERANCES:
-            dtype = getattr(torch, dtype_name)
-            # On CPU FlexAttention compiles per dtype and map size (tens of seconds on 2 cores): the dry run
-            # runs it (and NATTEN, which runs it there) in float32 at the first map only.
-            on_cpu_later = device.type == "cpu" and (dtype != torch.float32 or number > 0)
-            for backend in ["tiled"] if on_cpu_later else backends:
-                with_rpb = backend != "natten"  # NATTEN's fused kernels have no RPB
-                # FlexAttention (and NATTEN, which runs it on CPU) has no backward on CPU.
-                backward = device.type == "cuda" or backend == "tiled"
-                used = {name: t.to(dtype) for name, t in inputs.items() if with_rpb or name != "rpb"}
-                result = {**case, "map": f"{case['height']}x{case['width']}",
-                          "positions_multiple_of_128": case["height"] * case["width"] % 128 == 0,
-                          "dtype": dtype_name, "backend": backend, "rpb": with_rpb, "backward": backward,
-                          "tolerance": TOLERANCES[dtype_name]}
-                start = time.perf_counter()
-                try:
-                    outputs = _na_outputs(backend, used, grad_out, kernel, dilation, backward)
-                    _synchronize(device)
-                    result["rel_error"], result["nonfinite"] = _compare(outputs, references[with_rpb])
-                    result["passed"] = (not any(result["nonfinite"].values())
-                                        and all(e <= TOLERANCES[dtype_name] for e in result["rel_error"].values()))
-                except Exception as error:  # noqa: BLE001  (recorded; the next check runs)
-                    traceback.print_exc()
-                    result.update(passed=False, error=_error(error))
-                result["seconds"] = round(time.perf_counter() - start, 3)
-                section["results"].append(result)
-                detail = result.get("error") or f"worst rel. error {max(result['rel_error'].values()):.3g}"
-                print(f"[cuda_tests] {case['image']} stage {case['stage']} {result['map']} d={dilation} {dtype_name} "
-                      f"{backend}: {'ok' if result['passed'] else 'FAILED'} ({detail})", flush=True)
-                write_json(part, section)
-
-
 def run_worker(name: str, dry_run: bool, part: Path) -> None:
-    """One in-process step, its section written to `part` (cuda_tests: after every check)."""
-    if name == "ceilings":
-        write_json(part, measure_ceilings(dry_run))
-    else:
-        section: dict = {}
-        run_cuda_tests(dry_run, part, section)
-        write_json(part, section)
+    """The in-process step (ceilings), its section written to `part`."""
+    write_json(part, measure_ceilings(dry_run))
 
 
 def write_json(path: Path, data) -> None:
@@ -692,19 +603,25 @@ def print_report(report: dict) -> None:
     if tests:
         groups: dict = {}
         for r in tests:
-            groups.setdefault((r.get("backend"), r.get("dtype")), []).append(r)
-        print("\n" + table(["backend", "dtype", "checks", "passed", "non-finite", "worst rel. error", "tolerance"], [
-            [backend, dtype, len(rs), sum(bool(r.get("passed")) for r in rs),
-             sum(1 for r in rs if any(r.get("nonfinite", {}).values())),
-             max((max(r["rel_error"].values()) for r in rs if r.get("rel_error")), default=None),
-             TOLERANCES.get(dtype)] for (backend, dtype), rs in groups.items()]))
+            groups.setdefault((r["test"].split("[")[0].rsplit("::", 1)[-1], r.get("backend"), r.get("dtype")),
+                              []).append(r)
+
+        def worst(rs):
+            errors = [value for r in rs for key, value in r.items() if key.startswith("rel_error_")]
+            return max(errors, default=None)
+
+        print("\n" + table(["cuda test", "backend", "dtype", "tests", "passed", "failed", "skipped",
+                             "worst rel. error", "tolerance"], [
+            [name, backend, dtype, len(rs), *(sum(r["outcome"] == o for r in rs) for o in OUTCOMES), worst(rs),
+             rs[0].get("tolerance")] for (name, backend, dtype), rs in groups.items()]))
         for r in tests:
-            if not r.get("passed"):
-                print(f"  FAILED {r.get('backend')} {r.get('dtype')} {r.get('image')} {r.get('height')}x"
-                      f"{r.get('width')} d={r.get('dilation')}: {r.get('error') or r.get('rel_error')} "
-                      f"nonfinite {r.get('nonfinite')}")
-    if report.get("cuda_tests", {}).get("flex_unavailable"):
-        print(f"  flex not checked: {report['cuda_tests']['flex_unavailable']}")
+            if r["outcome"] == "failed":
+                print(f"  FAILED {r['test']}: {r.get('message')}")
+    rows = report.get("checkpointing", {}).get("rows", [])
+    if rows:
+        print("\n" + table(["activation checkpointing", "part", "kept for backward MB", "peak MB", "step s"], [
+            [r.get("activation checkpointing"), r.get("part"), r.get("kept for backward MB"), r.get("peak MB"),
+             r.get("step s")] for r in rows]))
     rows = report.get("na_benchmark", {}).get("rows", [])
     if rows:
         print("\n" + table(["image", "map", "heads", "d", "backend", "rpb", "fwd ms", "fwd x mem floor",
@@ -753,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", action="append", default=[], metavar="JOB=SECONDS",
                         help=f"time cap of a job, of {', '.join(CAPS)}")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
-    parser.add_argument("--worker", choices=["ceilings", "cuda_tests"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ceilings"], help=argparse.SUPPRESS)
     parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -4,8 +4,9 @@
 # and tensorboard, but no network and none of the packages below. Run it here (it needs PyPI):
 #   wheels/  cp312 manylinux and pure-Python wheels of what detectron2 and this project import at run time
 #            (found by importing and running every step with only the machine's packages): fvcore, iopath,
-#            yacs, termcolor, omegaconf, antlr4-python3-runtime, pycocotools. fvcore and antlr4 publish only
-#            source archives; they are pure Python, so pip builds their wheels here.
+#            yacs, termcolor, omegaconf, antlr4-python3-runtime, pycocotools; and pytest with its pluggy,
+#            iniconfig and pygments, which the cuda_tests step runs. fvcore and antlr4 publish only source
+#            archives; they are pure Python, so pip builds their wheels here.
 #   src/     the Python sources of detectron2 and panopticapi, copied from their git checkouts (never
 #            committed), used from PYTHONPATH. detectron2's compiled ops (detectron2._C) are not needed:
 #            nothing the steps run imports them (its COCO evaluator falls back to pycocotools' COCOeval).
@@ -24,7 +25,8 @@ DEST=${GPU_CHECK_DIR:-$ROOT/.gpu_check}
 LIMIT_MIB=64
 
 # Versions as installed on the development machines (the suite passes with them).
-BINARY_WHEELS="pycocotools==2.0.11 iopath==0.1.9 yacs==0.1.8 termcolor==3.3.0 omegaconf==2.3.1"
+BINARY_WHEELS="pycocotools==2.0.11 iopath==0.1.9 yacs==0.1.8 termcolor==3.3.0 omegaconf==2.3.1
+  pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 pygments==2.20.0"
 SOURCE_ONLY="fvcore==0.1.5.post20221221 antlr4-python3-runtime==4.9.3"
 PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 

@@ -8,7 +8,6 @@ from dinat_m2f.layers import na2d, na2d_reference, na_backend, select_backend
 from dinat_m2f.layers.neighborhood_attention import dispatch, flex as na_flex
 from dinat_m2f.layers.neighborhood_attention.natten import natten_na2d
 
-CUDA = torch.cuda.is_available()
 # torch 2.5 cannot build our BlockMask; torch 2.7's CPU FlexAttention kernel does not compile (flex_unavailable)
 FLEX_CPU = na_flex.flex_unavailable("cpu")
 FLEX_ANY = na_flex.flex_unavailable("cuda")
@@ -123,7 +122,7 @@ def test_natten_backend_forward_matches_reference_on_cpu(shape, kernel, dilation
     assert (out - tiled).abs().max() < 1e-5
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["tiled", "flex", "natten"])
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
 def test_cuda_backends_forward_and_backward_match_reference(backend, dtype, atol):
