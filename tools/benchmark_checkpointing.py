@@ -125,14 +125,24 @@ def main() -> None:
             with context.Pool(1) as pool:
                 rows[checkpointing] = row = pool.apply(_measure, (spec,))
             assert row["activation_checkpointing"] is checkpointing
-            off = rows[False]
-            cells = ["n/a"] * 5 if "error" in row else [
-                f"{row['kept_mb']:.0f}", f"{row['peak_mb']:.0f}", f"{row['step_s']:.2f}",
-                f"{row['kept_mb'] / off['kept_mb']:.2f}" if "error" not in off else "n/a",
-                f"{row['step_s'] / off['step_s']:.2f}" if "error" not in off else "n/a"]
-            if "error" in row:
-                cells[0] = f"n/a ({row['error']})"
-            print(f"| {part} | {'on' if checkpointing else 'off'} | " + " | ".join(cells) + " |", flush=True)
+            print(f"| {part} | {'on' if checkpointing else 'off'} | " + " | ".join(_cells(row, rows[False])) + " |",
+                  flush=True)
+
+
+def _cells(row: dict, off: dict) -> list[str]:
+    """A row's measurements and its ratios to the row without checkpointing; n/a for what a failure left out
+    (the forward's kept bytes are measured before the backward that may run out of memory)."""
+    def number(result: dict, key: str, digits: int) -> str:
+        return f"{result[key]:.{digits}f}" if key in result else "n/a"
+
+    def ratio(key: str) -> str:
+        return f"{row[key] / off[key]:.2f}" if key in row and key in off else "n/a"
+
+    cells = [number(row, "kept_mb", 0), number(row, "peak_mb", 0), number(row, "step_s", 2), ratio("kept_mb"),
+             ratio("step_s")]
+    if "error" in row:
+        cells[2] = f"n/a ({row['error']})"
+    return cells
 
 
 if __name__ == "__main__":
