@@ -63,7 +63,7 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
 
-from ...layers import DropPath, Mlp, PatchEmbed, drop_path_rates
+from ...layers import DropPath, Mlp, PatchEmbed, drop_path_rates, window_partition, window_reverse
 from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = [
@@ -116,20 +116,15 @@ def window_grid(height: int, width: int, size: int, device: torch.device) -> Win
     return WindowGrid(height, width, size, rows, cols, valid)
 
 
-def window_partition(x: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+def to_windows(x: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
     """(B, H, W, C) -> (B, windows, size * size, C), zero-padded at the bottom/right."""
-    b, h, w, c = x.shape
-    s = grid.size
-    x = F.pad(x, (0, 0, 0, grid.cols * s - w, 0, grid.rows * s - h))
-    x = x.view(b, grid.rows, s, grid.cols, s, c).transpose(2, 3)
-    return x.reshape(b, grid.rows * grid.cols, s * s, c)
+    x = F.pad(x, (0, 0, 0, grid.cols * grid.size - x.shape[2], 0, grid.rows * grid.size - x.shape[1]))
+    return window_partition(x, grid.size)
 
 
-def window_merge(windows: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
-    """Inverse of window_partition: (B, windows, size * size, C) -> (B, H, W, C), padding cropped."""
-    b, _, _, c = windows.shape
-    s = grid.size
-    x = windows.view(b, grid.rows, grid.cols, s, s, c).transpose(2, 3).reshape(b, grid.rows * s, grid.cols * s, c)
+def from_windows(windows: torch.Tensor, grid: WindowGrid) -> torch.Tensor:
+    """Inverse of to_windows: (B, windows, size * size, C) -> (B, H, W, C), padding cropped."""
+    x = window_reverse(windows, grid.size, grid.rows * grid.size, grid.cols * grid.size)
     return x[:, : grid.height, : grid.width]
 
 
@@ -284,8 +279,8 @@ class LaViTBlock(nn.Module):
     def forward(self, x: torch.Tensor, grid: WindowGrid,
                 scores: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``scores``: the previous layer's scores for an LA layer, the attention residual (or None) for VA."""
-        out, scores = self.attn(window_partition(self.norm1(x), grid), grid, scores)
-        x = x + self.drop_path(window_merge(out, grid))
+        out, scores = self.attn(to_windows(self.norm1(x), grid), grid, scores)
+        x = x + self.drop_path(from_windows(out, grid))
         return x + self.drop_path(self.mlp(self.norm2(x))), scores
 
 

@@ -19,7 +19,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import BACKBONE_REGISTRY, ShapeSpec
 from torch import nn
 
-from ...layers import DropPath, Mlp, PatchEmbed, drop_path_rates
+from ...layers import DropPath, Mlp, PatchEmbed, drop_path_rates, window_partition, window_reverse
 from .base import FEATURE_NAMES, MultiScaleBackbone, lookup_variant, out_feature_indices, run_block
 
 __all__ = ["SwinTransformer", "D2SwinTransformer", "VARIANTS", "build_variant", "from_reference_config"]
@@ -84,20 +84,6 @@ class WindowAttention(nn.Module):
                                            dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         x = x.transpose(2, 3).reshape(batch, windows, tokens, channels)
         return self.proj_drop(self.proj(x))
-
-
-def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
-    """(B, H, W, C) with H, W multiples of M -> (B, windows, M*M, C), windows in row-major order."""
-    batch, height, width, channels = x.shape
-    x = x.view(batch, height // window_size, window_size, width // window_size, window_size, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, -1, window_size * window_size, channels)
-
-
-def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of `window_partition`."""
-    batch, channels = windows.shape[0], windows.shape[-1]
-    x = windows.view(batch, height // window_size, width // window_size, window_size, window_size, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
 
 
 def shift_mask(height: int, width: int, window_size: int, shift: int, device: torch.device) -> torch.Tensor:
