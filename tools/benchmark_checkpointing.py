@@ -102,6 +102,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="input height and width (default 1024: LSJ)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--steps", type=int, default=1, help="timed steps after the first (default 1)")
+    parser.add_argument("--settings", default="off,on", help="activation checkpointing settings to run: off,on")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the settings this many times, their order alternated: on a shared machine whose "
+                             "speed drifts, each round's rows are what compare")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-fraction", type=float, default=0.75,
                         help="CPU: share of the RAM a row may map before it fails as out of memory")
@@ -110,23 +114,31 @@ def main() -> None:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"--parts: unknown {unknown}; choose from {', '.join(PARTS)}")
+    settings = {"off": False, "on": True}
+    if not args.settings or set(args.settings.split(",")) - set(settings):
+        parser.error(f"--settings: expected off, on or off,on, got {args.settings!r}")
+    enabled = [settings[name] for name in settings if name in args.settings.split(",")]
 
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"{args.config_file}, {args.size}x{args.size}, batch 1, {args.precision}, torch {torch.__version__}, "
           f"{args.device} ({where}), {args.threads} CPU threads, best of {args.steps} step(s) after the first")
-    print("| part | activation checkpointing | kept for backward MB | peak MB | step s | kept / off | step / off |")
-    print("|---|---|---|---|---|---|---|")
+    print("| round | part | activation checkpointing | kept for backward MB | peak MB | step s | kept / off "
+          "| step / off |")
+    print("|---|---|---|---|---|---|---|---|")
     context = mp.get_context("spawn")
     for part in parts:
-        rows = {}
-        for checkpointing in (False, True):
-            spec = dict(vars(args), part=part, checkpointing=checkpointing)
-            with context.Pool(1) as pool:
-                rows[checkpointing] = row = pool.apply(_measure, (spec,))
-            assert row["activation_checkpointing"] is checkpointing
-            print(f"| {part} | {'on' if checkpointing else 'off'} | " + " | ".join(_cells(row, rows[False])) + " |",
-                  flush=True)
+        for number in range(args.rounds):
+            rows = {}
+            for checkpointing in (enabled if number % 2 == 0 else enabled[::-1]):
+                spec = dict(vars(args), part=part, checkpointing=checkpointing)
+                with context.Pool(1) as pool:
+                    rows[checkpointing] = pool.apply(_measure, (spec,))
+                assert rows[checkpointing]["activation_checkpointing"] is checkpointing
+            for checkpointing in enabled:
+                cells = _cells(rows[checkpointing], rows.get(False, {}))
+                print(f"| {number + 1} | {part} | {'on' if checkpointing else 'off'} | " + " | ".join(cells) + " |",
+                      flush=True)
 
 
 def _cells(row: dict, off: dict) -> list[str]:
