@@ -15,7 +15,9 @@ depend on them), --config-file's model (default DiNAT-L COCO panoptic) on a --si
 Columns: "kept for backward" is the bytes of the tensors autograd saves in the forward for the backward (each
 storage once, the parameters left out; checkpointed blocks keep their inputs only); "peak" is how much the
 first step raised the peak (CPU: the process's resident high-water mark; CUDA: allocated memory above the
-weights); "step" is the best of --steps further steps. --precision autocasts the forward as training does
+weights); "step" is the best of --steps further steps. On CPU freed memory is kept for reuse, as train_net.py runs
+(dinat_m2f.engine.reuse_freed_memory): with glibc's defaults every step faults its activations in afresh, which
+costs the setting that keeps more memory more time. --precision autocasts the forward as training does
 (bfloat16 is the DiNAT-L recipe; on a CPU without bfloat16 units it is emulated and tens of times slower).
 """
 from __future__ import annotations
@@ -42,11 +44,13 @@ def _measure(spec: dict) -> dict:
 
     import dinat_m2f  # noqa: F401  (registers the model, the backbones and the datasets the config names)
     from dinat_m2f.config import load_project_config
+    from dinat_m2f.engine import reuse_freed_memory
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     if device.type == "cpu":
         limit_memory(spec["memory_fraction"])
+        reuse_freed_memory()
     cfg = load_project_config(spec["config_file"], [
         "MODEL.WEIGHTS", "", "MODEL.DEVICE", spec["device"],
         "MODEL.BACKBONE.ACTIVATION_CHECKPOINTING", str(spec["checkpointing"])])
