@@ -95,9 +95,12 @@ def test_large_image_results_at_the_original_size_within_a_memory_budget(tmp_pat
     with address_space_budget(BUDGET):
         done, skipped = demo.run_on_images(predictor, [tmp_path / "large.jpg"], str(tmp_path / "out"), 0.0)
     assert (done, skipped) == (1, 0)
-    # the old path, outputs at the original size, does not fit the same budget
-    with pytest.raises((MemoryError, RuntimeError)), address_space_budget(BUDGET):
-        full_resolution_outputs(predictor, np.asarray(Image.open(tmp_path / "large.jpg")))
+    # The old path's outputs at the original size alone exceed the budget. Counted rather than provoked: memory
+    # that earlier tests freed stays mapped, so a failure under the cap depends on what ran before in the process.
+    old = full_resolution_outputs(predictor, np.asarray(Image.open(tmp_path / "large.jpg")))
+    held = old["sem_seg"].nbytes + old["panoptic_seg"][0].nbytes + old["instances"].pred_masks.nbytes
+    assert held > BUDGET
+    del old
 
     outputs = predictor(tmp_path / "large.jpg")
     assert predictor.visualize(tmp_path / "large.jpg", outputs).shape == (64, 77, 3)
