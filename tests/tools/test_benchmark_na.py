@@ -1,5 +1,7 @@
 """tools/benchmark_na.py: input sizes on its command line (N, HxW, several) and their stage shapes."""
 import argparse
+import subprocess
+import sys
 
 import pytest
 from project_paths import REPO, import_script
@@ -76,12 +78,18 @@ def test_model_calls_are_dinat_ls_first_call_of_each_kind_in_call_order():
     assert (154, 154, 6, 32, 11, 14) in benchmark_na.model_calls([(256, 256)])
 
 
-def test_check_cost_times_each_kind_and_says_what_cannot_run(monkeypatch, capsys):
+def test_check_cost_times_each_kind_and_says_what_cannot_run():
     from dinat_m2f.layers.neighborhood_attention import flex
 
-    monkeypatch.setattr(benchmark_na, "model_calls", lambda images: [(10, 13, 2, 16, 3, 2)])
-    benchmark_na._check_cost([(40, 52)], ["float32"], "cpu", training=True, threads=1)
-    table = capsys.readouterr().out.splitlines()
+    # In a process of its own, as the tool runs: in a process that compiled flex at other map sizes before (the
+    # layer tests), torch 2.14.1 builds a shape-generic CPU kernel that fails to compile at this shape
+    # (docs/PERFORMANCE.md), and the first check would no longer be a first.
+    code = ("import sys; sys.path.insert(0, 'tools'); import benchmark_na\n"
+            "benchmark_na.model_calls = lambda images: [(10, 13, 2, 16, 3, 2)]\n"
+            "benchmark_na._check_cost([(40, 52)], ['float32'], 'cpu', training=True, threads=1)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    table = run.stdout.splitlines()
     assert table[1] == ("| dtype | pass | map | heads | dilation | map class | first check s | again s "
                         "| its tiled part s | verdict |")
     assert len(table) == 6 and table[-1].startswith("all checks: first ")
