@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from torch._inductor.exc import InductorError
 
 from dinat_m2f.layers import na2d, na_backend, select_backend
 from dinat_m2f.layers.neighborhood_attention import dispatch, flex as na_flex, tiled, verify
@@ -112,6 +113,88 @@ def test_failing_flex_falls_back_to_tiled_with_one_warning(monkeypatch, caplog, 
     assert re.search(reason, message_reason), message_reason
     assert "neighborhood attention backend: tiled (cpu, torch.float32)" in caplog.text
     assert "backend: flex" not in caplog.text
+
+
+def _compiles_the_first_size_only(sizes):
+    """A flex whose kernel for the first map size compiles and whose kernel for any other does not, as dynamo
+    compiles once more at a new map size (torch 2.14.1's CPU kernel fails there at some shapes)."""
+    def fake(q, k, v, kernel_size, dilation, rpb, dropout_p):
+        sizes.append(tuple(q.shape[2:4]))
+        if sizes[-1] != sizes[0]:
+            raise InductorError(RuntimeError("C++ compile error\n(a long compiler log)"), None)
+        return tiled.na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)
+    return fake
+
+
+def test_a_later_call_that_fails_to_compile_falls_back_with_one_warning(monkeypatch, caplog, flex_first, checks):
+    sizes = []
+    monkeypatch.setattr(na_flex, "na2d", _compiles_the_first_size_only(sizes))
+    calls = [_inputs(), _inputs(shape=(1, 2, 14, 14, 16)), _inputs(shape=(1, 2, 15, 14, 16)), _inputs()]
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        outputs = [_run(inputs, training=False)[0] for inputs in calls]  # 156, 196, 210 positions: one kind
+    for inputs, out in zip(calls, outputs):
+        torch.testing.assert_close(out, _run(inputs, False, backend="tiled")[0], rtol=0, atol=0)
+    assert len(checks) == 1 and sizes == [(12, 13), (12, 13), (14, 14)]  # the check, the first call, the failure
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "neighborhood attention: backend 'flex' failed to compile a later call of cpu, torch.float32, kernel 3, "
+        "dilation 2, partial last block, head dim 16, with rpb, forward (q, k, v (1, 2, 14, 14, 16), rpb (2, 5, 5)): "
+        "raised InductorError: RuntimeError: C++ compile error. 'tiled' runs this kind from now on; force a backend "
+        "with na2d(backend=...), na_backend() or $DINAT_M2F_NA_BACKEND."]
+    assert list(verify._verdicts.values()) == ["raised InductorError: RuntimeError: C++ compile error"]
+
+
+@needs_cpu_flex
+def test_the_real_flex_falls_back_where_dynamo_fails_to_compile_a_new_map_size(monkeypatch, caplog, flex_first):
+    """The flex backend itself, compiled by dynamo with a compiler that fails from its second graph on: dynamo
+    wraps the error (BackendCompilerFailed), the kind falls back with the compiler's own message."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    graphs = []
+
+    def first_graph_only(graph, example_inputs):
+        graphs.append(graph)
+        if len(graphs) > 1:
+            raise RuntimeError("C++ compile error\n(a long compiler log)")
+        return graph.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(flex_attention, backend=first_graph_only)
+    monkeypatch.setattr(na_flex, "_compiled_flex", lambda: compiled)
+    calls = [_inputs(), _inputs(shape=(1, 2, 14, 14, 16)), _inputs(shape=(1, 2, 15, 14, 16))]
+    try:
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            outputs = [_run(inputs, training=False)[0] for inputs in calls]
+    finally:
+        torch._dynamo.reset()
+    for inputs, out in zip(calls, outputs):
+        torch.testing.assert_close(out, _run(inputs, False, backend="tiled")[0], atol=1e-5, rtol=1e-5)
+    assert len(graphs) == 2  # the first size's graph, then the failed one; the third call ran tiled
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "failed to compile a later call of cpu, torch.float32, kernel 3, dilation 2, partial last block" in warning
+    assert "(q, k, v (1, 2, 14, 14, 16), rpb (2, 5, 5)): raised BackendCompilerFailed: RuntimeError: C++ compile " \
+           "error. 'tiled' runs this kind from now on" in warning
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_a_kernels_run_time_error_and_a_forced_backends_compile_error_propagate(monkeypatch, flex_first, checks,
+                                                                                forced):
+    """Only an automatic choice's compile error falls back: a kernel failing while it runs may leave autograd
+    half-way, and a forced backend is the caller's choice."""
+    sizes = []
+    compiles_once = _compiles_the_first_size_only(sizes)
+
+    def fails_at_run_time(q, k, v, kernel_size, dilation, rpb, dropout_p):
+        if len(sizes) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return compiles_once(q, k, v, kernel_size, dilation, rpb, dropout_p)
+
+    monkeypatch.setattr(na_flex, "na2d", compiles_once if forced else fails_at_run_time)
+    _run(_inputs(), training=False, backend="flex" if forced else None)
+    error = InductorError if forced else RuntimeError
+    with pytest.raises(error, match="C\\+\\+ compile error" if forced else "illegal memory access"):
+        _run(_inputs(shape=(1, 2, 14, 14, 16)), training=False, backend="flex" if forced else None)
+    assert all(verdict is None for verdict in verify._verdicts.values())
 
 
 def test_forced_flex_still_raises(monkeypatch, flex_first, checks):

@@ -5,7 +5,8 @@ and `why_not(q, rpb, dropout_p, needs_grad) -> str | None`, which says why it ca
 completing "backend 'name' ...", e.g. "has no backward on CPU"; None: it can). The automatic choice walks the
 priority row of the inputs' device (the "exporting" row while torch.export or torch.onnx traces) and takes the
 first backend that can run them; the first time it would run a backend of CHECKED for a kind of call, it checks
-that backend against its fallback (verify.py) and takes the fallback for that kind if the check fails. A backend
+that backend against its fallback (verify.py) and takes the fallback for that kind if the check fails, or if a
+later call of that kind fails to compile (dynamo compiles again for a new map size). A backend
 is forced by the `backend=` argument of `na2d`, then the `na_backend()` context manager, then the environment
 variable DINAT_M2F_NA_BACKEND; a forced backend is never checked, and one that cannot run the inputs is a
 ValueError saying why. The choice is logged once per (backend, device, dtype).
@@ -84,15 +85,23 @@ def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, 
     """The backend for these inputs and window: the request (argument, then context manager, then env var), else
     `automatic_backend`, checked on first use per kind where it is in CHECKED (except while tracing). A forced
     backend that cannot run these inputs is a ValueError saying why."""
+    return choose_backend(q, rpb, dropout_p, requested, kernel_size=kernel_size, dilation=dilation)[0]
+
+
+def choose_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, requested: str | None = None, *,
+                   kernel_size: int, dilation: int) -> tuple[str, verify.Kind | None]:
+    """`select_backend`'s choice, and the kind of call when it is a CHECKED backend that passed its check (None
+    otherwise): a compile failure of such a call falls back too (`na2d`)."""
     name = requested or (_forced_backend[-1] if _forced_backend else None) or os.environ.get(BACKEND_ENV, "auto")
     _check_backend_name(name, f"backend (argument, na_backend() or ${BACKEND_ENV})")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or (rpb is not None and rpb.requires_grad))
+    checked_kind = None
     if name == "auto":
         name = automatic_backend(q, rpb, dropout_p, needs_grad)
         if name in CHECKED and not is_tracing(q):
-            kind = verify.kind_of(q, kernel_size, dilation, rpb, needs_grad)
-            if not verify.passes(BACKENDS[name], BACKENDS[CHECKED[name]], kind, q, rpb):
-                name = CHECKED[name]
+            checked_kind = verify.kind_of(q, kernel_size, dilation, rpb, needs_grad)
+            if not verify.passes(BACKENDS[name], BACKENDS[CHECKED[name]], checked_kind, q, rpb):
+                name, checked_kind = CHECKED[name], None
     else:
         reason = BACKENDS[name].why_not(q, rpb, dropout_p, needs_grad)
         if reason is not None:
@@ -101,4 +110,4 @@ def select_backend(q: torch.Tensor, rpb: torch.Tensor | None, dropout_p: float, 
     if choice not in _logged_choices and not torch.compiler.is_compiling():  # logging would break the graph
         _logged_choices.add(choice)
         logger.info("neighborhood attention backend: %s (%s, %s)", name, q.device.type, q.dtype)
-    return name
+    return name, checked_kind

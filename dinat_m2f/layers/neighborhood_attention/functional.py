@@ -1,9 +1,11 @@
-"""The functional op `na2d`: checks its inputs, then runs the backend that `select_backend` picks."""
+"""The functional op `na2d`: checks its inputs, then runs the backend that `choose_backend` picks."""
 from __future__ import annotations
 
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
 
-from .dispatch import BACKENDS, select_backend
+from . import verify
+from .dispatch import BACKENDS, CHECKED, choose_backend
 
 
 def check_window(kernel_size: int, dilation: int) -> None:
@@ -50,8 +52,16 @@ def na2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, di
     Returns (B, heads, H, W, D). Differentiable in q, k, v and rpb. `dropout_p` drops attention
     probabilities (only pass it while training). `backend` forces one of BACKENDS ("tiled", "flex",
     "natten", "export"; default: chosen by device, dtype, shape and availability, flex checked against tiled on
-    first use per kind of call, see `select_backend`).
+    first use per kind of call and replaced by it for the kind where a later call fails to compile, see
+    `select_backend`).
     """
     check_inputs(q, k, v, kernel_size, dilation, rpb)
-    name = select_backend(q, rpb, dropout_p, backend, kernel_size=kernel_size, dilation=dilation)
-    return BACKENDS[name].na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)
+    name, checked_kind = choose_backend(q, rpb, dropout_p, backend, kernel_size=kernel_size, dilation=dilation)
+    try:
+        return BACKENDS[name].na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)
+    except BackendCompilerFailed as error:  # Inductor's compile errors; a kernel's run-time errors propagate
+        if checked_kind is None:  # forced, unchecked or traced: the error is the caller's
+            raise
+        fallback = BACKENDS[CHECKED[name]]
+        verify.fail_later(BACKENDS[name], fallback, checked_kind, q, rpb, error)
+        return fallback.na2d(q, k, v, kernel_size, dilation, rpb, dropout_p)

@@ -15,6 +15,11 @@ is untouched; a training kind also compares the gradients of q, k, v and rpb. An
 relative difference beyond the dtype's tolerance fails the check: one warning names the backend, the reason and
 the shapes. The device type plays no part in these rules.
 
+A check covers the kernel compiled for the call's shapes. At a later map size dynamo compiles once more, a kernel
+for any size; where that compile fails (torch 2.14.1's CPU kernel at some shapes, docs/PERFORMANCE.md), the call
+runs the fallback and the kind is marked failed with the same warning (`fail_later`). Errors of a compiled kernel
+while it runs are not caught: they may leave autograd half-way, and they are the caller's to see.
+
 The check runs eagerly, never while a graph is traced (torch.compile, torch.export, jit.trace: it would be traced
 into the graph) nor on fake tensors: there the automatic choice stands unchecked. `passes` is thread-safe: a kind
 is checked once, other threads wait for its verdict.
@@ -105,6 +110,15 @@ def outputs_and_grads(backend: ModuleType, inputs: dict[str, torch.Tensor], grad
     return {name: t.detach() for name, t in results.items()}
 
 
+def describe(error: Exception) -> str:
+    """'raised <type>: <first line of its message>' (compiler errors carry pages of log after it); dynamo's
+    wrapper of a compile error shows the error it wraps."""
+    inner = getattr(error, "inner_exception", None)
+    message = f"{type(inner).__name__}: {inner}" if isinstance(inner, Exception) else str(error)
+    lines = message.strip().splitlines()
+    return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
+
+
 def check(candidate: ModuleType, reference: ModuleType, q: torch.Tensor, rpb: torch.Tensor | None, kernel_size: int,
           dilation: int) -> str | None:
     """Why `candidate` fails the check against `reference` on random stand-ins for a call's inputs (`probe_inputs`),
@@ -116,8 +130,7 @@ def check(candidate: ModuleType, reference: ModuleType, q: torch.Tensor, rpb: to
         try:
             results = outputs_and_grads(candidate, probe, grad_out, kernel_size, dilation)
         except Exception as error:  # compiler and kernel failures come in many types (Inductor, Triton, CUDA)
-            lines = str(error).strip().splitlines()
-            return f"raised {type(error).__name__}" + (f": {lines[0]}" if lines else "")
+            return describe(error)
         expected = outputs_and_grads(reference, probe, grad_out, kernel_size, dilation)
     tolerance = TOLERANCES[q.dtype]
     problems = []
@@ -149,17 +162,36 @@ def passes(candidate: ModuleType, reference: ModuleType, kind: Kind, q: torch.Te
     return _verdicts[kind] is None
 
 
+def fail_later(candidate: ModuleType, reference: ModuleType, kind: Kind, q: torch.Tensor, rpb: torch.Tensor | None,
+               error: Exception) -> None:
+    """A later call of a kind that passed its check failed to compile (a new map size makes dynamo compile a kernel
+    for any size): `reference` runs the kind from now on, with one warning."""
+    with _lock:
+        first = _verdicts.get(kind) is None
+        _verdicts[kind] = describe(error)
+    if first:
+        _warn_fallback(candidate, reference, f"failed to compile a later call of {kind} ({_shapes(q, rpb)})",
+                       _verdicts[kind])
+
+
+def _shapes(q: torch.Tensor, rpb: torch.Tensor | None) -> str:
+    return f"q, k, v {tuple(q.shape)}" + ("" if rpb is None else f", rpb {tuple(rpb.shape)}")
+
+
+def _warn_fallback(candidate: ModuleType, reference: ModuleType, what: str, reason: str) -> None:
+    logger.warning("neighborhood attention: backend %r %s: %s. %r runs this kind from now on; force a backend with "
+                   "na2d(backend=...), na_backend() or $DINAT_M2F_NA_BACKEND.", candidate.NAME, what, reason,
+                   reference.NAME)
+
+
 def _check_and_log(candidate: ModuleType, reference: ModuleType, kind: Kind, q: torch.Tensor,
                    rpb: torch.Tensor | None) -> str | None:
     start = time.perf_counter()
     reason = check(candidate, reference, q, rpb, kind.kernel_size, kind.dilation)
-    shapes = f"q, k, v {tuple(q.shape)}" + ("" if rpb is None else f", rpb {tuple(rpb.shape)}")
     if reason is None:
         logger.info("neighborhood attention: %r passed its first-use check against %r for %s (random %s; %.2f s)",
-                    candidate.NAME, reference.NAME, kind, shapes, time.perf_counter() - start)
+                    candidate.NAME, reference.NAME, kind, _shapes(q, rpb), time.perf_counter() - start)
     else:
-        logger.warning("neighborhood attention: backend %r failed its first-use check against %r for %s (random %s, "
-                       "the call's shapes): %s. %r runs this kind from now on; force a backend with "
-                       "na2d(backend=...), na_backend() or $DINAT_M2F_NA_BACKEND.", candidate.NAME, reference.NAME,
-                       kind, shapes, reason, reference.NAME)
+        _warn_fallback(candidate, reference, f"failed its first-use check against {reference.NAME!r} for {kind} "
+                       f"(random {_shapes(q, rpb)}, the call's shapes)", reason)
     return reason
