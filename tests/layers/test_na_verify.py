@@ -42,6 +42,11 @@ def checks(monkeypatch):
     return kinds
 
 
+def project_warnings(caplog) -> list[str]:
+    """The project's warnings (torch may log its own notices while it compiles, e.g. "No CUDA runtime is found")."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("dinat_m2f")]
+
+
 def _inputs(shape=(1, 2, 12, 13, 16), kernel=3, dilation=2, seed=3):
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(shape, generator=gen) for _ in range(3))
@@ -102,7 +107,7 @@ def test_failing_flex_falls_back_to_tiled_with_one_warning(monkeypatch, caplog, 
         torch.testing.assert_close(grads, expected[1], rtol=0, atol=0)
     torch.testing.assert_close(other_size, _run(_inputs(shape=(1, 2, 14, 14, 16)), training, backend="tiled"))
     assert len(checks) == 1
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = project_warnings(caplog)
     assert len(warnings) == 1, warnings
     kind = ("cpu, torch.float32, kernel 3, dilation 2, partial last block, head dim 16, with rpb, "
             + ("training" if training else "forward"))
@@ -145,7 +150,7 @@ def test_a_later_call_that_fails_to_compile_falls_back_with_one_warning(monkeypa
     for inputs, out in zip(calls, outputs):
         torch.testing.assert_close(out, _run(inputs, False, backend="tiled")[0], rtol=0, atol=0)
     assert len(checks) == 1 and sizes == [(12, 13), (12, 13), (14, 14)]  # the check, the first call, the failure
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = project_warnings(caplog)
     assert warnings == [
         "neighborhood attention: backend 'flex' failed to compile a later call of cpu, torch.float32, kernel 3, "
         "dilation 2, partial last block, head dim 16, with rpb, forward (q, k, v (1, 2, 14, 14, 16), rpb (2, 5, 5)): "
@@ -181,7 +186,7 @@ def test_the_real_flex_falls_back_where_dynamo_fails_to_compile_a_new_map_size(m
     for inputs, out in zip(calls, outputs):
         torch.testing.assert_close(out, _run(inputs, False, backend="tiled")[0], atol=1e-5, rtol=1e-5)
     assert len(graphs) == 2  # the first size's graph, then the failed one; the third call ran tiled
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    (warning,) = project_warnings(caplog)
     assert "failed to compile a later call of cpu, torch.float32, kernel 3, dilation 2, partial last block" in warning
     assert "(q, k, v (1, 2, 14, 14, 16), rpb (2, 5, 5)): raised BackendCompilerFailed: RuntimeError: C++ compile " \
            "error. 'tiled' runs this kind from now on" in warning
@@ -245,7 +250,7 @@ def test_correct_flex_passes_and_is_kept_compiling_nothing_more(caplog, flex_fir
     assert [str(kind) for kind in checks] == [
         "cpu, torch.float32, kernel 3, dilation 2, partial last block, head dim 16, with rpb, forward"]
     assert list(verify._verdicts.values()) == [None]
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not project_warnings(caplog)
     assert ("'flex' passed its first-use check against 'tiled' for cpu, torch.float32, kernel 3, dilation 2, partial "
             "last block, head dim 16, with rpb, forward (random q, k, v (1, 2, 10, 13, 16), rpb (2, 5, 5); ") in caplog.text
     assert "neighborhood attention backend: flex (cpu, torch.float32)" in caplog.text
