@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, als
 from dinat_m2f import Predictor  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from dinat_m2f.app import PAGE_CSS, WebDemo, app_config, build_page  # noqa: E402
+from dinat_m2f.app import PAGE_CSS, WebDemo, add_config_arguments, app_config, build_page  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 
 # Small images of the synthetic dataset, offered as examples on the page.
@@ -40,10 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="the page's initial score threshold for instances (default 0.5)")
-    parser.add_argument("--dataset", action="append", default=[], metavar="FILE",
-                        help="the dataset description file the model was trained on (its class names)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+    add_config_arguments(parser)
     return parser
 
 

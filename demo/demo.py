@@ -45,7 +45,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import ColorMode  # noqa: E402
 
-from dinat_m2f.config import load_project_config  # noqa: E402
+from dinat_m2f.app import add_config_arguments, app_config  # noqa: E402
 from dinat_m2f.data.image_files import read_image_file  # noqa: E402
 from dinat_m2f.engine import reuse_freed_memory  # noqa: E402
 from dinat_m2f.export import ImageTooLargeError  # noqa: E402
@@ -72,17 +72,12 @@ def get_parser() -> argparse.ArgumentParser:
     exported.add_argument("--pt2", metavar="FILE", help="run this exported torch.export / AOTInductor network")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of the instances drawn and written (instance results)")
-    parser.add_argument("--dataset", action="append", default=[], metavar="FILE",
-                        help="the dataset description file the model was trained on (its class names)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+    add_config_arguments(parser)
     return parser
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = load_project_config(args.config_file, args.opts, dataset_files=args.dataset)
-    cfg.freeze()
-    return cfg
+    return app_config(args.config_file, opts=args.opts, dataset_files=args.dataset)
 
 
 def expand_inputs(patterns: List[str]) -> Tuple[List[Path], List[str]]:

@@ -5,6 +5,7 @@ task asked for with a `Predictor`, draws it with the demo's drawing and writes t
 (dinat_m2f.results), named after the uploaded file, so that they equal demo/demo.py's files for that image. The
 segments table describes those files. Only `build_page` imports Gradio (the optional extra `pip install .[app]`).
 """
+import argparse
 import html
 import json
 import logging
@@ -55,11 +56,20 @@ class Segmentation(NamedTuple):
     summary: str  # task, segment count, inference time, sizes
 
 
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset and --opts, the inputs of `app_config` besides the model, as demo/demo.py and demo/app.py take
+    them."""
+    parser.add_argument("--dataset", action="append", default=[], metavar="FILE",
+                        help="the dataset description file the model was trained on (its class names)")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth")
+
+
 def app_config(config_file: Optional[str] = None, model: Optional[str] = None, opts: Sequence[str] = (),
                dataset_files: Sequence[str] = ()) -> CfgNode:
     """The frozen config of `config_file`, or of the model zoo's `model` (its released checkpoint as
     MODEL.WEIGHTS unless `opts` set them), with the KEY VALUE `opts` and the dataset description files
-    `dataset_files` (class names) applied as demo/demo.py applies them."""
+    `dataset_files` (class names) applied: the config of demo/demo.py and demo/app.py."""
     if (config_file is None) == (model is None):
         raise ValueError("Give either a config file or a model zoo name")
     if model is not None:

@@ -14,16 +14,14 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-import torch
-from detectron2.modeling import build_model
 from panopticapi.utils import rgb2id
 from PIL import Image
 from project_paths import CONFIGS, REPO, import_script
+from random_weights import random_synthetic_opts
 from test_predictor import smooth_image
 
 from dinat_m2f import Predictor, model_zoo
 from dinat_m2f.app import SEGMENT_COLUMNS, RequestError, WebDemo, app_config, build_page
-from dinat_m2f.checkpoint import SafeDetectionCheckpointer
 
 # pycocotools' decode warns under numpy 2 (its own __array__ call); not this project's concern
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -36,11 +34,8 @@ THRESHOLD = 0.2
 @pytest.fixture(scope="module")
 def opts(tmp_path_factory):
     """--opts of a random synthetic model that returns segments, small test size (64, at most 96)."""
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    SafeDetectionCheckpointer(build_model(app_config(CONFIG)), save_dir=str(folder)).save("random_init")
-    return ["MODEL.WEIGHTS", str(folder / "random_init.pth"), "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
-            "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+    return [*random_synthetic_opts(tmp_path_factory.mktemp("weights")), "INPUT.MIN_SIZE_TEST", "64",
+            "INPUT.MAX_SIZE_TEST", "96"]
 
 
 @pytest.fixture(scope="module")

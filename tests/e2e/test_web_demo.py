@@ -21,12 +21,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
-from detectron2.modeling import build_model
 from project_paths import CONFIGS, REPO, import_script
+from random_weights import random_synthetic_opts
 
-from dinat_m2f.app import SEGMENT_COLUMNS, app_config
-from dinat_m2f.checkpoint import SafeDetectionCheckpointer
+from dinat_m2f.app import SEGMENT_COLUMNS
 
 pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install '.[app]'")
 
@@ -63,11 +61,7 @@ def wait_until_served(process: subprocess.Popen, url: str, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def opts(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    SafeDetectionCheckpointer(build_model(app_config(CONFIG)), save_dir=str(folder)).save("random_init")
-    return ["MODEL.WEIGHTS", str(folder / "random_init.pth"), "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
-            "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0"]
+    return random_synthetic_opts(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
